@@ -1,0 +1,201 @@
+"""Command line: ``python -m AsymSegTrainer {train,infer,evaluate,demo,bench}`` (or ``asymseg ...``).
+
+Every command reports through an :class:`~AsymSegTrainer.events.EventSink`; failures become
+an ``error`` event, a ``done`` event with status ``failed`` and the documented exit code
+(docs/protocol.md, "Exit codes").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from .errors import EXIT_CANCELLED, EXIT_FINISHED, EXIT_INTERNAL, AsymSegError, ResourceError
+from .events import EventSink
+from .techniques import PRESETS, RECOMMENDED
+
+EPILOG = """exit codes: 0 finished, 1 internal error, 2 usage error, 3 input error (job, images, labels,
+model file), 4 resource error (GPU, memory, disk), 5 a loss term became NaN/inf, 10 cancelled.
+Protocol (job spec, events, outputs): docs/protocol.md."""
+
+
+def _ids(text: str) -> List[str]:
+    return [s for s in (text or "").split(",") if s]
+
+
+def _train(args, sink: EventSink) -> dict:
+    from .jobspec import job_from_dataset, job_from_dict, load_job
+    from .training import Trainer
+
+    if args.job:
+        job = load_job(args.job)
+    else:
+        settings = {"technique": args.preset, "output": str(Path(args.out).resolve())}
+        for key in ("iterations", "batch_size", "patch_size", "learning_rate", "device", "seed", "loss",
+                    "target_spacing", "optimizer", "validation_interval"):
+            if getattr(args, key) is not None:
+                settings[key] = getattr(args, key)
+        if args.initial_checkpoint:
+            settings["initial_checkpoint"] = str(Path(args.initial_checkpoint).resolve())
+        spec = job_from_dataset(args.dataset, args.classes, _ids(args.train_cases), _ids(args.val_cases), **settings)
+        job = job_from_dict(spec, Path.cwd())
+    if args.out and args.job:
+        job.output = Path(args.out).resolve()
+    trainer = Trainer(job, sink)
+    sink.failure_fields = lambda: {"model": str(trainer.model_path) if trainer.model_path else None}
+    result = trainer.run(resume=args.resume)
+    return {"status": result.status, "model": str(result.model) if result.model else None, "outputs": result.outputs}
+
+
+def _infer(args, sink: EventSink) -> dict:
+    from .inference import infer_case, infer_dataset
+
+    options = dict(overlap=args.overlap, device=args.device, largest_component=args.largest_component,
+                   probabilities=args.probabilities, sink=sink)
+    if args.dataset:
+        outputs = infer_dataset(args.model, args.dataset, _ids(args.cases), args.out_dir, **options)
+    else:
+        outputs = infer_case(args.model, args.images, args.out, label=args.label, mask=args.mask, **options)
+    return {"status": "finished", "outputs": outputs}
+
+
+def _evaluate(args, sink: EventSink) -> dict:
+    from .evaluation import evaluate_folder
+
+    outputs = evaluate_folder(args.predictions, args.dataset, args.out, classes=args.classes, model=args.model,
+                              cases=_ids(args.cases), sink=sink)
+    return {"status": "finished", "outputs": outputs}
+
+
+def _demo(args, sink: EventSink) -> dict:
+    from .demo import run_demo
+
+    return {"status": "finished", "outputs": run_demo(Path(args.out), sink, iterations=args.iterations)}
+
+
+def _bench(args, sink: EventSink) -> dict:
+    from .bench import run_bench
+
+    return {"status": "finished", "outputs": run_bench(args, sink)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m AsymSegTrainer", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fine-tune a segmentation network on a few cases with the asymmetric techniques of Li, "
+                    "Kamnitsas, Glocker (IEEE TMI 2020) so rare structures are not under-segmented on new cases.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_: str, fn: Callable, example: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {example}\n\n{EPILOG}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(run=fn)
+        p.add_argument("--events", action="store_true",
+                       help="stdout: one JSON event per line and nothing else (for Slicer and scripts)")
+        return p
+
+    t = command("train", "fine-tune a network (a job file, or cases of an nnU-Net v2 raw folder)", _train,
+                "python -m AsymSegTrainer train --dataset Dataset001 --classes tumor_core=1,3,4 "
+                "--train-cases pat5,pat6 --val-cases pat3 --preset asymmetric-focal --iterations 2000 --out runs/focal")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--job", type=Path, help="job spec JSON (docs/protocol.md)")
+    src.add_argument("--dataset", type=Path, help="nnU-Net v2 raw folder (dataset.json, imagesTr/, labelsTr/)")
+    t.add_argument("--classes", nargs="+", default=[], metavar="NAME=V1,V2",
+                   help="with --dataset: training classes as label-value groups; other values are background")
+    t.add_argument("--train-cases", default="", metavar="ID,ID", help="with --dataset: training case ids")
+    t.add_argument("--val-cases", default="", metavar="ID,ID", help="with --dataset: validation case ids")
+    t.add_argument("--preset", default=RECOMMENDED, choices=list(PRESETS),
+                   help=f"technique (default {RECOMMENDED}, the paper's first recommendation)")
+    t.add_argument("--iterations", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
+    t.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="resample to this (mm)")
+    t.add_argument("--learning-rate", "--lr", type=float)
+    t.add_argument("--optimizer", choices=["adam", "rmsprop", "sgd"])
+    t.add_argument("--loss", choices=["ce", "dice", "ce+dice"])
+    t.add_argument("--validation-interval", type=int)
+    t.add_argument("--initial-checkpoint", help="fine-tune from this model file")
+    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--out", help="output folder (with --job: overrides the job's)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/model_last.pt")
+
+    i = command("infer", "segment new cases with a trained model", _infer,
+                "python -m AsymSegTrainer infer --model runs/focal/model_best.pt --images flair.nii.gz t1c.nii.gz "
+                "--out pred.nii.gz")
+    i.add_argument("--model", required=True, type=Path, help="model file (model_best.pt / model_last.pt)")
+    one = i.add_mutually_exclusive_group(required=True)
+    one.add_argument("--images", nargs="+", help="one case: one image per channel, in the model's channel order")
+    one.add_argument("--dataset", type=Path, help="many cases: an nnU-Net v2 raw folder")
+    i.add_argument("--out", help="with --images: output label map (.nii.gz, .nii, .nrrd, .mha)")
+    i.add_argument("--label", help="with --images: ground truth, for metrics and logit statistics per true class")
+    i.add_argument("--mask", help="with --images: ROI mask for the logit statistics")
+    i.add_argument("--cases", default="", metavar="ID,ID", help="with --dataset: case ids (default: all)")
+    i.add_argument("--out-dir", help="with --dataset: output folder")
+    i.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
+    i.add_argument("--largest-component", action="store_true", help="keep the largest component of each class")
+    i.add_argument("--probabilities", action="store_true", help="also write softmax probabilities")
+    i.add_argument("--device", default="auto")
+
+    e = command("evaluate", "metrics of predicted label maps against ground truth", _evaluate,
+                "python -m AsymSegTrainer evaluate --predictions preds/ --dataset Dataset001 "
+                "--classes tumor_core=1,3,4 --out eval/")
+    e.add_argument("--predictions", required=True, type=Path, help="folder of <case>.nii.gz label maps of class indices")
+    e.add_argument("--dataset", required=True, type=Path, help="nnU-Net v2 raw folder with labelsTr/")
+    e.add_argument("--classes", nargs="+", metavar="NAME=V1,V2", help="class map of the ground truth")
+    e.add_argument("--model", type=Path, help="take the class map from this model file instead")
+    e.add_argument("--cases", default="", metavar="ID,ID", help="case ids (default: every prediction)")
+    e.add_argument("--out", required=True, type=Path, help="folder for metrics.json and metrics.md")
+
+    d = command("demo", "generate phantoms, fine-tune vanilla and asymmetric, compare (about 5 min on 2 cores)",
+                _demo, "python -m AsymSegTrainer demo --out asymseg-demo")
+    d.add_argument("--out", default="asymseg-demo", help="output folder (default ./asymseg-demo)")
+    d.add_argument("--iterations", type=int, help="training iterations per run (default: the demo's)")
+
+    b = command("bench", "reproduce the paper's protocol: folds x seeds x methods on an nnU-Net folder", _bench,
+                "python -m AsymSegTrainer bench --dataset Dataset001 --classes tumor_core=1,3,4 --train-size 2 "
+                "--folds 3 --seeds 1 --methods vanilla,asymmetric-focal --iterations 500 --out bench/")
+    b.add_argument("--dataset", required=True, type=Path)
+    b.add_argument("--classes", nargs="+", required=True, metavar="NAME=V1,V2")
+    b.add_argument("--train-size", type=int, required=True, help="training cases per fold (K)")
+    b.add_argument("--folds", type=int, required=True)
+    b.add_argument("--seeds", type=int, default=1)
+    b.add_argument("--methods", required=True, help="comma-separated preset names")
+    b.add_argument("--iterations", type=int, required=True)
+    b.add_argument("--out", required=True, type=Path)
+    b.add_argument("--quick", action="store_true", help="a smoke run in a few minutes")
+    b.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"))
+    b.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
+    b.add_argument("--batch-size", type=int)
+    b.add_argument("--device", default="auto")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    sink = EventSink(json_stdout=args.events)
+    try:
+        result = args.run(args, sink)
+        code = EXIT_CANCELLED if result["status"] == "cancelled" else EXIT_FINISHED
+        sink.emit("done", exit_code=code, **{"model": None, **result})
+    except Exception as exc:  # every failure ends in an error event, a done event and a documented code
+        if type(exc).__name__ == "OutOfMemoryError":
+            exc = ResourceError(f"Out of memory: {exc}".split("\n")[0], "Use a smaller patch or batch size.")
+        if isinstance(exc, AsymSegError):
+            code, kind, message, hint = exc.exit_code, exc.kind, exc.message, exc.hint
+        else:
+            code, kind, message = EXIT_INTERNAL, "internal", f"{type(exc).__name__}: {exc}"
+            hint = "This is a bug in AsymSeg: please report it with the log (OUT/log.txt)."
+            sink.log(traceback.format_exc())
+        sink.emit("error", kind=kind, message=message, hint=hint)
+        sink.emit("done", status="failed", exit_code=code, **{"model": None, **sink.failure_fields()}, outputs={})
+    finally:
+        sink.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

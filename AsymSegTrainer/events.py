@@ -1,0 +1,126 @@
+"""Machine-readable events and the human log (protocol.md, "Events").
+
+With ``json_stdout`` the process's stdout carries one JSON object per line and nothing
+else: anything else that would print to stdout is redirected to stderr for the run. Every
+event also goes to ``OUT/events.jsonl``; human messages go to stderr and ``OUT/log.txt``.
+Without ``json_stdout``, training progress is a tqdm bar on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import IO, Optional
+
+
+def _json_safe(value):
+    """NaN/inf are not JSON: they become null (a NaN loss is reported by an ``error`` event)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
+        return _json_safe(value.item())
+    return value
+
+
+def _describe(event: dict) -> str:
+    """The human log line of an event ('' for events that only the machine needs)."""
+    kind = event["type"]
+    if kind in ("warning", "error"):
+        return f"{kind.upper()}: {event['message']}" + (f"\n  hint: {event['hint']}" if event.get("hint") else "")
+    if kind == "start":
+        return f"{event['command']} on {event['device']}, output {event['output']}"
+    if kind == "progress":
+        return f"{event['phase']} {event['iteration']}/{event['total']}" + (f": {event['case']}" if "case" in event else "")
+    if kind == "validation":
+        scores = ", ".join(f"{name} DSC {m['dsc'] or 0:.3f} SEN {m['sensitivity'] or 0:.3f} PRC {m['precision'] or 0:.3f}"
+                           for name, m in event["metrics"].items())
+        return f"validation at iteration {event['iteration']}: {scores}" + (" (best so far)" if event["best"] else "")
+    if kind == "checkpoint":
+        return f"saved {event['kind']} model {event['path']} (iteration {event['iteration']})"
+    if kind == "done":
+        lines = [f"{event['status']} (exit code {event['exit_code']})"] + \
+                ([f"  model: {event['model']}"] if event.get("model") else []) + \
+                [f"  {name}: {path}" for name, path in (event.get("outputs") or {}).items()]
+        return "\n".join(lines)
+    return ""
+
+
+class EventSink:
+    """Emits events and log lines; ``attach(folder)`` starts ``events.jsonl`` and ``log.txt`` there."""
+
+    def __init__(self, json_stdout: bool = False, progress_bar: Optional[bool] = None):
+        self.json_stdout = json_stdout
+        self._stdout: IO = sys.stdout
+        if json_stdout:
+            sys.stdout = sys.stderr  # keep stray prints out of the event stream
+        self._progress_bar = (not json_stdout) if progress_bar is None else progress_bar
+        self._bar = None
+        self._events_file: Optional[IO] = None
+        self._log_file: Optional[IO] = None
+        self.events: list = []
+        self.failure_fields = dict  # extra keys of a failed run's done event (e.g. the last model)
+
+    def attach(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self._events_file = open(folder / "events.jsonl", "a", encoding="utf-8")
+        self._log_file = open(folder / "log.txt", "a", encoding="utf-8")
+
+    def emit(self, type_: str, **fields) -> dict:
+        event = _json_safe({"type": type_, "time": round(time.time(), 3), **fields})
+        line = json.dumps(event)
+        self.events.append(event)
+        if self.json_stdout:
+            self._stdout.write(line + "\n")
+            self._stdout.flush()
+        if self._events_file:
+            self._events_file.write(line + "\n")
+            self._events_file.flush()
+        if type_ == "progress" and event.get("phase") == "train":
+            self._show_progress(event)
+        else:
+            text = _describe(event)
+            if text:
+                self.log(text)
+        return event
+
+    def warning(self, message: str, hint: str = "") -> None:
+        self.emit("warning", message=message, hint=hint)
+
+    def log(self, message: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+        if self._log_file:
+            self._log_file.write(f"[{stamp}] {message}\n")
+            self._log_file.flush()
+
+    def _show_progress(self, event: dict) -> None:
+        if not self._progress_bar:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+            self._bar = tqdm(total=event["total"], initial=event["iteration"] - 1, desc="training", unit="it",
+                             file=sys.stderr, dynamic_ncols=True)
+        self._bar.update(event["iteration"] - self._bar.n)
+        terms = " ".join(f"{k}={v:.4f}" for k, v in event.get("terms", {}).items() if v is not None)
+        self._bar.set_postfix_str(terms)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        for f in (self._events_file, self._log_file):
+            if f:
+                f.close()
+        self._events_file = self._log_file = None
+        if self.json_stdout:
+            sys.stdout = self._stdout

@@ -1,0 +1,223 @@
+"""The job spec (docs/protocol.md): load, validate, fill defaults, and build one from an nnU-Net folder.
+
+Every error names the field and says what to write instead; relative paths are resolved
+against the folder of the job file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from .data import CaseSpec, ClassMap, Normalization, read_nnunet_dataset
+from .errors import InputError
+from .network import downsampling_factor, network_config
+from .techniques import Technique, resolve_technique
+
+JOB_FORMAT = "asymseg-job"
+JOB_VERSION = 1
+LOSSES = {"ce": (1.0, 0.0), "dice": (0.0, 1.0), "ce+dice": (1.0, 1.0)}
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+ROLES = ("train", "validation", "test")
+
+
+@dataclass
+class Job:
+    cases: List[CaseSpec]
+    class_map: ClassMap
+    output: Path
+    channels: List[str] = field(default_factory=list)
+    rarity: List[float] = field(default_factory=list)
+    technique: Technique = field(default_factory=Technique)
+    loss: str = "ce"
+    network: dict = field(default_factory=dict)
+    patch_size: List[int] = field(default_factory=lambda: [48, 48, 48])
+    target_spacing: Optional[List[float]] = None
+    normalization: Normalization = field(default_factory=Normalization)
+    batch_size: int = 4
+    iterations: int = 1000
+    optimizer: str = "adam"
+    learning_rate: float = 3e-4
+    foreground_fraction: float = 0.5
+    validation_interval: int = 100
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    initial_checkpoint: Optional[Path] = None
+    logit_statistics: bool = True
+
+    def cases_with_role(self, role: str) -> List[CaseSpec]:
+        return [c for c in self.cases if c.role == role]
+
+    def to_dict(self) -> dict:
+        """The resolved job: absolute paths, every default written out."""
+        return {"format": JOB_FORMAT, "version": JOB_VERSION, "output": str(self.output), "channels": self.channels,
+                "cases": [c.to_dict() for c in self.cases], **_class_fields(self.class_map),
+                "rarity": dict(zip(self.class_map.names, self.rarity)), "technique": self.technique.to_dict(),
+                "loss": self.loss, "network": self.network, "patch_size": self.patch_size,
+                "target_spacing": self.target_spacing, "normalization": self.normalization.to_dict(),
+                "batch_size": self.batch_size, "iterations": self.iterations, "optimizer": self.optimizer,
+                "learning_rate": self.learning_rate, "foreground_fraction": self.foreground_fraction,
+                "validation_interval": self.validation_interval, "seed": self.seed, "device": self.device,
+                "amp": self.amp, "initial_checkpoint": str(self.initial_checkpoint) if self.initial_checkpoint else None,
+                "logit_statistics": self.logit_statistics}
+
+
+def _class_fields(class_map: ClassMap) -> dict:
+    d = class_map.to_dict()
+    return {"classes": d["classes"], "unlisted_labels": d["unlisted"]}
+
+
+def _field_error(name: str, problem: str, fix: str) -> InputError:
+    return InputError(f"Job field '{name}' {problem}", fix)
+
+
+def _number(d: dict, name: str, default, kind=float, low=None, high=None, low_open=False):
+    value = d.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise _field_error(name, f"must be {'an integer' if kind is int else 'a number'}; got {value!r}.",
+                           f"Write a {'whole ' if kind is int else ''}number, e.g. {default}.")
+    value = kind(value)
+    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+        rng = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        raise _field_error(name, f"must be {rng}; got {value}.", f"E.g. {default}.")
+    return value
+
+
+def _resolve_path(base: Path, value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def job_from_dict(d: dict, base_dir: Path) -> Job:
+    """Validate a job-spec dictionary; relative paths are taken from ``base_dir``."""
+    if not isinstance(d, dict):
+        raise InputError("The job spec must be a JSON object.", "See docs/protocol.md for the format.")
+    if d.get("format", JOB_FORMAT) != JOB_FORMAT or d.get("version", JOB_VERSION) > JOB_VERSION:
+        raise _field_error("format/version", f"is {d.get('format')!r} v{d.get('version')}, not {JOB_FORMAT} "
+                           f"v{JOB_VERSION}.", "Write the job for this AsymSeg version (docs/protocol.md).")
+    known = set(Job.__dataclass_fields__) - {"class_map"} | {"format", "version", "classes", "unlisted_labels"}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise _field_error(str(unknown), "is not a known job field.", f"Known fields: {', '.join(sorted(known))}.")
+    if "classes" not in d:
+        raise _field_error("classes", "is missing.", 'Name the training classes, e.g. {"background": [0], "lesion": [1]}.')
+    class_map = ClassMap(d["classes"], d.get("unlisted_labels", "error"))
+    raw_cases = d.get("cases")
+    if not isinstance(raw_cases, list) or not raw_cases:
+        raise _field_error("cases", "must be a non-empty list of cases.", "Add at least one training case.")
+    cases = []
+    for i, raw in enumerate(raw_cases):
+        try:
+            case = CaseSpec.from_dict(raw)
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise _field_error(f"cases[{i}]", f"is not a valid case ({exc}).",
+                               'Each case needs "id", "images" (list of paths), "label" and optional "mask", "role".')
+        if case.role not in ROLES:
+            raise _field_error(f"cases[{i}].role", f"is '{case.role}'.", f"Use one of {ROLES}.")
+        case.images = [_resolve_path(base_dir, p) for p in case.images]
+        case.label = _resolve_path(base_dir, case.label)
+        case.mask = _resolve_path(base_dir, case.mask)
+        cases.append(case)
+    ids = [c.id for c in cases]
+    if len(set(ids)) != len(ids):
+        raise _field_error("cases", f"has duplicate ids {sorted({i for i in ids if ids.count(i) > 1})}.",
+                           "Give every case a unique id.")
+    n_channels = len(cases[0].images)
+    channels = list(d.get("channels") or [f"channel{i}" for i in range(n_channels)])
+    for c in cases:
+        if len(c.images) != len(channels):
+            raise _field_error(f"cases[{c.id}].images", f"has {len(c.images)} image(s) but the job has "
+                               f"{len(channels)} channel(s) {channels}.", "Give every case one image per channel, "
+                               "in the same order.")
+        if c.role in ("train", "validation") and c.label is None:
+            raise _field_error(f"cases[{c.id}].label", f"is missing for a {c.role} case.", "Give its label map.")
+    if not any(c.role == "train" for c in cases):
+        raise _field_error("cases", "has no case with role 'train'.", "Mark at least one case as a training case.")
+
+    rarity = d.get("rarity") or {}
+    unknown_classes = sorted(set(rarity) - set(class_map.names))
+    if not isinstance(rarity, dict) or unknown_classes:
+        raise _field_error("rarity", f"names classes {unknown_classes} that are not in 'classes'.",
+                           f"Give rarity per class name: {class_map.names}.")
+    rarity_list = [float(rarity.get(name, 0.0 if i == 0 else 1.0)) for i, name in enumerate(class_map.names)]
+    if any(not 0 <= r <= 1 for r in rarity_list):
+        raise _field_error("rarity", f"values must lie in [0, 1]; got {rarity_list}.", "1 = rare, 0 = well represented.")
+
+    loss = d.get("loss", "ce")
+    if loss not in LOSSES:
+        raise _field_error("loss", f"is '{loss}'.", f"Use one of {list(LOSSES)}.")
+    optimizer = d.get("optimizer", "adam")
+    if optimizer not in OPTIMIZERS:
+        raise _field_error("optimizer", f"is '{optimizer}'.", f"Use one of {list(OPTIMIZERS)}.")
+    net = network_config(d.get("network"))
+    patch = d.get("patch_size", [48, 48, 48])
+    if not isinstance(patch, list) or len(patch) != 3 or not all(isinstance(p, int) and p >= 1 for p in patch):
+        raise _field_error("patch_size", f"must be three positive integers (z, y, x); got {patch!r}.",
+                           "E.g. [48, 48, 48]; [1, 64, 64] for 2D images.")
+    factor = downsampling_factor(net)
+    bad = [p for p in patch if p != 1 and p % factor]
+    if bad:
+        raise _field_error("patch_size", f"{patch} has sizes {bad} not divisible by {factor}, the network's "
+                           "downsampling factor.", f"Use multiples of {factor}, e.g. "
+                           f"{[max(factor, round(p / factor) * factor) if p != 1 else 1 for p in patch]}.")
+    spacing = d.get("target_spacing")
+    if spacing is not None and (not isinstance(spacing, list) or len(spacing) != 3
+                                or not all(isinstance(s, (int, float)) and s > 0 for s in spacing)):
+        raise _field_error("target_spacing", f"must be null or three positive numbers in mm (z, y, x); got {spacing!r}.",
+                           "E.g. [2.0, 2.0, 2.0].")
+    init = d.get("initial_checkpoint")
+    output = Path(_resolve_path(base_dir, d.get("output", "out")))
+    return Job(cases=cases, class_map=class_map, output=output, channels=channels, rarity=rarity_list,
+               technique=resolve_technique(d.get("technique")), loss=loss, network=net, patch_size=patch,
+               target_spacing=[float(s) for s in spacing] if spacing else None,
+               normalization=Normalization.from_dict(d.get("normalization") or {}),
+               batch_size=_number(d, "batch_size", 4, int, 1), iterations=_number(d, "iterations", 1000, int, 1),
+               optimizer=optimizer, learning_rate=_number(d, "learning_rate", 3e-4, float, 0, low_open=True),
+               foreground_fraction=_number(d, "foreground_fraction", 0.5, float, 0, 1),
+               validation_interval=_number(d, "validation_interval", 100, int, 1), seed=_number(d, "seed", 0, int, 0),
+               device=str(d.get("device", "auto")), amp=bool(d.get("amp", True)),
+               initial_checkpoint=Path(_resolve_path(base_dir, init)) if init else None,
+               logit_statistics=bool(d.get("logit_statistics", True)))
+
+
+def load_job(path: Path) -> Job:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"Job file {path} does not exist.", "Give the path of a job.json (docs/protocol.md).")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"Job file {path} is not valid JSON: {exc}.", "Fix the file (docs/protocol.md).")
+    return job_from_dict(d, path.parent.resolve())
+
+
+def job_from_dataset(dataset: Path, classes: Sequence[str], train_cases: Sequence[str],
+                     val_cases: Sequence[str] = (), test_cases: Sequence[str] = (), **settings) -> dict:
+    """A job-spec dictionary for cases of an nnU-Net v2 raw folder (``--dataset`` on the CLI).
+
+    ``classes``: CLI strings ``NAME=v1,v2``; unlisted label values become background.
+    ``settings``: any further job fields (technique, iterations, output, ...).
+    """
+    info, specs = read_nnunet_dataset(Path(dataset))
+    by_id = {c.id: c for c in specs}
+    roles = {**{i: "train" for i in train_cases}, **{i: "validation" for i in val_cases},
+             **{i: "test" for i in test_cases}}
+    missing = sorted(set(roles) - set(by_id))
+    if missing:
+        raise InputError(f"Case(s) {missing} are not in {dataset}.", f"Available cases: {', '.join(sorted(by_id))}.")
+    if not train_cases:
+        raise InputError("No training cases were chosen.", "Name them with --train-cases ID,ID.")
+    class_map = ClassMap.parse(list(classes))
+    cases = []
+    for case_id, role in roles.items():
+        case = by_id[case_id]
+        cases.append({**case.to_dict(), "role": role})
+    channel_names = info.get("channel_names", {})
+    return {"format": JOB_FORMAT, "version": JOB_VERSION,
+            "channels": [channel_names[k] for k in sorted(channel_names, key=int)] or None,
+            "cases": cases, **_class_fields(class_map), **settings}

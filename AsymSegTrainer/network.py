@@ -1,0 +1,120 @@
+"""Networks (MONAI ``UNet`` / ``DynUNet``) and model files that carry everything inference needs.
+
+A model file is a ``torch.save`` dictionary of tensors and plain values, loaded with
+``weights_only=True`` (never unpickling arbitrary objects): ``format``, ``version``,
+``meta`` (a JSON string: classes, rarity, channels, normalisation, spacing, network, patch
+size, technique, versions, seed), ``state_dict``, ``optimizer``, ``iteration``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from .errors import InputError, ResourceError
+
+MODEL_FORMAT = "asymseg-model"
+MODEL_VERSION = 1
+DEFAULT_NETWORK = {"name": "unet", "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2}
+
+
+def network_config(config: Optional[dict]) -> dict:
+    """Fill defaults and validate a job's ``network`` object."""
+    config = dict(config or {})
+    name = config.setdefault("name", "unet")
+    if name == "unet":
+        merged = {**DEFAULT_NETWORK, **config}
+        if len(merged["channels"]) != len(merged["strides"]) + 1:
+            raise InputError(f"network.channels has {len(merged['channels'])} entries and network.strides "
+                             f"{len(merged['strides'])}; UNet needs one more channel entry than strides.",
+                             "E.g. channels [16, 32, 64, 128] with strides [2, 2, 2].")
+        return merged
+    if name == "dynunet":
+        return {"name": "dynunet", "filters": [16, 32, 64, 128], "strides": [1, 2, 2, 2], **config}
+    raise InputError(f"network.name '{name}' is not supported.", "Use 'unet' (MONAI UNet) or 'dynunet' (MONAI DynUNet).")
+
+
+def downsampling_factor(config: dict) -> int:
+    """Patch sizes must be divisible by this (product of the strides)."""
+    factor = 1
+    for s in network_config(config)["strides"]:
+        factor *= int(s)
+    return factor
+
+
+def build_network(config: Optional[dict], in_channels: int, num_classes: int, spatial_dims: int = 3) -> nn.Module:
+    from monai.networks.nets import DynUNet, UNet
+
+    config = network_config(config)
+    if config["name"] == "unet":
+        return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
+                    channels=config["channels"], strides=config["strides"], num_res_units=config["num_res_units"])
+    strides = config["strides"]
+    return DynUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
+                   kernel_size=[3] * len(strides), strides=strides, upsample_kernel_size=strides[1:],
+                   filters=config["filters"], res_block=True)
+
+
+def save_model(path: Path, model: nn.Module, meta: dict, optimizer: Optional[torch.optim.Optimizer] = None,
+               iteration: int = 0) -> None:
+    """Write atomically: a temp file in the same folder, then rename; the old file survives any failure."""
+    path = Path(path)
+    state = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "meta": json.dumps(meta),
+             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+             "optimizer": optimizer.state_dict() if optimizer is not None else {}, "iteration": int(iteration)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if exc.errno == errno.ENOSPC:
+            raise ResourceError(f"The disk is full while writing {path}; the previous model file is intact.",
+                                "Free disk space or choose another output folder, then resume with --resume.") from exc
+        raise ResourceError(f"Cannot write {path}: {exc.strerror or exc}.",
+                            "Choose an output folder you can write to.") from exc
+
+
+def load_model_file(path: Path) -> Tuple[dict, dict]:
+    """Return ``(state, meta)`` of a model file; a clear InputError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Model file {path} does not exist.", "Give the path of a model_best.pt / model_last.pt.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated, or a pickle with arbitrary objects (refused by weights_only)
+        raise InputError(f"Model file {path} cannot be read safely: {exc}".split("\n")[0],
+                         "Use a model written by AsymSeg; other pickles are refused for safety.") from exc
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+        raise InputError(f"{path} is not an AsymSeg model file.", "Use a model_best.pt / model_last.pt from a training run.")
+    if state.get("version", 0) > MODEL_VERSION:
+        raise InputError(f"{path} was written by a newer AsymSeg (model version {state['version']}).",
+                         "Update AsymSegTrainer.")
+    return state, json.loads(state["meta"])
+
+
+def load_weights(model: nn.Module, state_dict: dict) -> list:
+    """Load matching weights; return the names left at their fresh initialisation (shape differs).
+
+    Fine-tuning to another class count changes only the output layer's shape, so those
+    tensors are re-initialised and everything else is kept.
+    """
+    own = model.state_dict()
+    unknown = sorted(set(state_dict) - set(own))
+    if unknown:
+        raise InputError(f"The initial model's network does not match this job's network (unexpected weights "
+                         f"{unknown[:3]}...).", "Use the same network settings as the model was trained with.")
+    reinitialised = [k for k, v in own.items() if k not in state_dict or state_dict[k].shape != v.shape]
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in reinitialised}, strict=False)
+    return reinitialised

@@ -1,0 +1,350 @@
+"""Fine-tuning with the paper's techniques: loss, adversarial and mixup terms, asymmetric augmentation.
+
+One iteration (METHOD.md §4, "Combination"): a clean term on the sampled batch with the
+margin/focal loss; with adversarial training, one extra direction computation and one extra
+term on ``(x + r_adv, y)``; with mixup, one extra term on the batch mixed with its reverse
+and the asymmetric mixup targets. The terms are summed and one optimiser step is taken.
+Cancel (SIGTERM / SIGINT / ``OUT/STOP``) finishes the iteration and writes ``model_last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .data import LoadedCase, load_case
+from .errors import DivergenceError, InputError, ResourceError
+from .events import EventSink
+from .jobspec import LOSSES, Job
+from .logits import LogitStatistics
+from .losses import AsymmetricLoss
+from .metrics import case_metrics, summarize
+from .network import build_network, load_model_file, load_weights, save_model
+from .prediction import predict_logits
+from .regularizers import adversarial_perturbation, choose_patches_to_augment, mixup_targets, sample_mixup_lambda
+from .runtime import autocast, needs_grad_scaler, resolve_device, seed_everything, versions
+from .sampling import PatchSampler
+
+STOP_FILE = "STOP"
+LAST, BEST = "model_last.pt", "model_best.pt"
+POLY_EXPONENT = 0.9  # nnU-Net's polynomial learning-rate decay
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT (when installed on the main thread) or by a ``STOP`` file in the output folder."""
+
+    def __init__(self, output: Path):
+        self.stop_file = output / STOP_FILE
+        self.signalled = False
+        self._previous = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signalled = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __bool__(self) -> bool:
+        return self.signalled or self.stop_file.exists()
+
+
+@dataclass
+class TrainResult:
+    status: str  # finished | cancelled
+    model: Optional[Path]
+    iteration: int
+    outputs: Dict[str, str] = field(default_factory=dict)
+
+
+def _augmentation(seed: int):
+    """The run's usual spatial/intensity transforms (MONAI), applied to chosen patches only (eq. 21)."""
+    from monai.transforms import Compose, RandAffined, RandGaussianNoised, RandScaleIntensityd
+
+    keys = ["image", "label"]
+    transform = Compose([
+        RandAffined(keys, prob=1.0, rotate_range=(0.26, 0.26, 0.26), scale_range=(0.1, 0.1, 0.1),
+                    mode=("bilinear", "nearest"), padding_mode="zeros"),
+        RandGaussianNoised("image", prob=0.5, std=0.1),
+        RandScaleIntensityd("image", factors=0.1, prob=0.5),
+    ])
+    transform.set_random_state(seed=seed)
+    return transform
+
+
+class Trainer:
+    """Runs one job; ``model_path`` stays readable after an error (the last checkpoint written)."""
+
+    def __init__(self, job: Job, sink: EventSink):
+        self.job = job
+        self.sink = sink
+        self.out = job.output
+        self.model_path: Optional[Path] = None
+        self.device = resolve_device(job.device)
+        self.amp = job.amp and self.device.type == "cuda"
+
+    # ---------------------------------------------------------------- setup
+    def _prepare_output(self, resume: bool) -> None:
+        if not resume and any((self.out / name).exists() for name in (LAST, BEST)):
+            raise InputError(f"The output folder {self.out} already holds a trained model.",
+                             "Continue that run with --resume, or choose a new output folder (nothing was changed).")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ResourceError(f"The output folder {self.out} is not writable: {exc.strerror or exc}.",
+                                "Choose an output folder you can write to.") from exc
+        self.sink.attach(self.out)
+        (self.out / STOP_FILE).unlink(missing_ok=True)
+
+    def _load_cases(self) -> None:
+        job = self.job
+        specs = [c for c in job.cases if c.role in ("train", "validation")]
+        self.cases: List[LoadedCase] = []
+        for i, spec in enumerate(specs, 1):
+            self.sink.emit("progress", phase="load", iteration=i, total=len(specs), case=spec.id)
+            self.cases.append(load_case(spec, job.class_map, job.normalization, job.target_spacing))
+        self.train_cases = [c for c in self.cases if c.role == "train"]
+        self.val_cases = [c for c in self.cases if c.role == "validation"]
+        depths = {c.image.shape[1] for c in self.cases}
+        self.spatial_dims = 2 if depths == {1} else 3
+        if self.spatial_dims == 2 and job.patch_size[0] != 1:
+            raise InputError(f"The images are single slices (2D) but patch_size is {job.patch_size}.",
+                             f"Use patch_size [1, {job.patch_size[1]}, {job.patch_size[2]}] for 2D images.")
+
+    def _meta(self) -> dict:
+        job = self.job
+        return {"class_names": job.class_map.names, **job.class_map.to_dict(), "rarity": job.rarity,
+                "channels": job.channels, "normalization": job.normalization.to_dict(),
+                "target_spacing": job.target_spacing, "network": job.network, "spatial_dims": self.spatial_dims,
+                "patch_size": job.patch_size, "technique": job.technique.to_dict(), "loss": job.loss,
+                "versions": versions(), "seed": job.seed, "iterations": job.iterations}
+
+    def _build(self, resume: bool) -> int:
+        job = self.job
+        num_classes = job.class_map.num_classes
+        self.model = build_network(job.network, len(job.channels), num_classes, self.spatial_dims).to(self.device)
+        if self.device.type == "cuda" and self.spatial_dims == 3:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        make = {"adam": lambda p: torch.optim.Adam(p, lr=job.learning_rate),
+                "rmsprop": lambda p: torch.optim.RMSprop(p, lr=job.learning_rate),
+                "sgd": lambda p: torch.optim.SGD(p, lr=job.learning_rate, momentum=0.9, nesterov=True)}
+        self.optimizer = make[job.optimizer](self.model.parameters())
+        ce_weight, dice_weight = LOSSES[job.loss]
+        t = job.technique
+        self.loss = AsymmetricLoss(job.rarity, margin=t.margin, gamma=t.gamma, symmetric=t.symmetric,
+                                   ce_weight=ce_weight, dice_weight=dice_weight)
+        self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.device, job.amp) else None
+        start = 0
+        last = self.out / LAST
+        if resume and last.exists():
+            state, _ = load_model_file(last)
+            load_weights(self.model, state["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            start = int(state["iteration"])
+            self.model_path = last
+            self.sink.log(f"Resuming from {last} at iteration {start}.")
+        elif resume:
+            self.sink.warning(f"--resume was given but {last} does not exist; starting from scratch.")
+        elif job.initial_checkpoint:
+            state, meta = load_model_file(job.initial_checkpoint)
+            if len(meta.get("channels", [])) != len(job.channels):
+                raise InputError(f"The initial model {job.initial_checkpoint} takes {len(meta['channels'])} channel(s) "
+                                 f"{meta['channels']} but the job has {len(job.channels)} {job.channels}.",
+                                 "Fine-tune with images of the same channels, or start without initial_checkpoint.")
+            reset = load_weights(self.model, state["state_dict"])
+            if reset:
+                self.sink.warning(f"The initial model has {len(meta.get('class_names', []))} classes and this job "
+                                  f"{num_classes}: the output layer was re-initialised ({', '.join(reset)}).",
+                                  "Expected when fine-tuning to other classes; everything else is kept.")
+        return start
+
+    # ---------------------------------------------------------------- one iteration
+    def _batch(self, sampler: PatchSampler, rng: np.random.Generator, augment):
+        x, y, centred = sampler.sample(self.job.batch_size)
+        t = self.job.technique
+        if t.augmentation:
+            p_bg = t.p_fg if t.symmetric else t.p_bg
+            for i in np.flatnonzero(choose_patches_to_augment(centred, t.p_fg, p_bg, rng)):
+                out = augment({"image": x[i], "label": y[i][None].astype(np.float32)})
+                x[i] = np.asarray(out["image"])
+                y[i] = np.asarray(out["label"])[0].round()
+        x = torch.from_numpy(x).to(self.device, non_blocking=True)
+        y = torch.from_numpy(y).to(self.device, non_blocking=True)
+        if self.spatial_dims == 2:
+            x, y = x[:, :, 0], y[:, 0]
+        elif self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x, y
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, gen: torch.Generator):
+        t, rare = self.job.technique, self.job.rarity
+        terms = {}
+        with autocast(self.device, self.amp):
+            clean = self.loss.terms(self.model(x), y)
+            terms.update(clean)
+            if t.adversarial:
+                r_adv = adversarial_perturbation(self.model, x, y, rare, xi=t.xi, l=t.l, symmetric=t.symmetric,
+                                                 use_dice=self.loss.dice_weight > 0, generator=gen)
+                terms["adversarial"] = self.loss(self.model(x + r_adv), y)
+            if t.mixup:
+                lam = sample_mixup_lambda(t.mixup_alpha, rng)
+                x_mix = lam * x + (1 - lam) * x.flip(0)
+                y_mix = mixup_targets(y, y.flip(0), lam, rare, t.mixup_margin, symmetric=t.symmetric)
+                terms["mixup"] = self.loss(self.model(x_mix), y_mix)
+        total = sum(terms.values())
+        if not torch.isfinite(total):
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+            raise DivergenceError(f"The {', '.join(bad)} loss term(s) became NaN or infinite.",
+                                  "Lower the learning rate and check the images' normalisation; "
+                                  f"the last model file {self.model_path or '(none yet)'} is kept.")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            total.backward()
+            self.optimizer.step()
+        return total, terms
+
+    # ---------------------------------------------------------------- validation and statistics
+    def _logits(self, case: LoadedCase) -> torch.Tensor:
+        return predict_logits(self.model, case.image, self.job.patch_size, self.device, self.spatial_dims,
+                              amp=self.amp)
+
+    def _validate(self, iteration: int) -> float:
+        names = self.job.class_map.names
+        per_class = {name: {"dsc": [], "sensitivity": [], "precision": []} for name in names[1:]}
+        for case in self.val_cases:
+            prediction = self._logits(case).argmax(0).numpy()
+            result = case_metrics(prediction, case.label, case.spacing, classes=range(1, len(names)))
+            for j, name in enumerate(names[1:], 1):
+                for key in per_class[name]:
+                    per_class[name][key].append(result[j][key])
+        self.model.train()
+        metrics = {name: {k: summarize(v)["mean"] for k, v in d.items()} for name, d in per_class.items()}
+        dscs = [m["dsc"] for m in metrics.values() if m["dsc"] is not None]
+        mean_dsc = float(np.mean(dscs)) if dscs else 0.0
+        best = mean_dsc > self.best_dsc
+        self.best_dsc = max(self.best_dsc, mean_dsc)
+        self.history.append({"iteration": iteration, "metrics": metrics, "mean_dsc": mean_dsc})
+        self.sink.emit("validation", iteration=iteration, metrics=metrics, mean_dsc=mean_dsc, best=best)
+        return best
+
+    def _checkpoint(self, kind: str, iteration: int) -> Path:
+        path = self.out / (BEST if kind == "best" else LAST)
+        save_model(path, self.model, self._meta(), self.optimizer, iteration)
+        self.model_path = self.out / BEST if (self.out / BEST).exists() else path
+        self.sink.emit("checkpoint", kind=kind, path=str(path), iteration=iteration)
+        return path
+
+    def _logit_statistics(self) -> Dict[str, str]:
+        outputs = {}
+        for role, cases in (("train", self.train_cases), ("validation", self.val_cases)):
+            if not cases:
+                continue
+            stats = LogitStatistics(self.job.class_map.names)
+            for i, case in enumerate(cases, 1):
+                self.sink.emit("progress", phase="logit-statistics", iteration=i, total=len(cases), case=case.id)
+                stats.update(self._logits(case), case.label, case.mask)
+            path = self.out / f"logit_statistics_{role}.json"
+            stats.save(path)
+            outputs[f"logit_statistics_{role}"] = str(path)
+        return outputs
+
+    # ---------------------------------------------------------------- the run
+    def run(self, resume: bool = False) -> TrainResult:
+        job = self.job
+        self._prepare_output(resume)
+        _atomic_json(self.out / "job.json", job.to_dict())
+        self.sink.emit("start", command="train", config=job.to_dict(), device=str(self.device), versions=versions(),
+                       output=str(self.out))
+        seed_everything(job.seed)
+        self._load_cases()
+        rare_classes = [j for j, r in enumerate(job.rarity) if r > 0]
+        sampler = PatchSampler(self.train_cases, job.patch_size, rare_classes, job.foreground_fraction, seed=job.seed)
+        if not sampler.has_rare:
+            rare_names = [job.class_map.names[j] for j in rare_classes]
+            raise InputError(f"None of the training cases contains a voxel of the rare class(es) {rare_names}.",
+                             "Check the label maps and the 'classes' mapping of label values, or add cases that "
+                             "show the structure.")
+        start = self._build(resume)
+        self.best_dsc, self.history = -1.0, []
+        stop = StopRequest(self.out)
+        stop.install()
+        try:
+            status, iteration = self._loop(sampler, start, stop)
+        finally:
+            stop.restore()
+        outputs = {"job": str(self.out / "job.json")}
+        if self.history:
+            _atomic_json(self.out / "validation.json", self.history)
+            outputs["validation"] = str(self.out / "validation.json")
+        if status == "finished" and job.logit_statistics:
+            outputs.update(self._logit_statistics())
+        return TrainResult(status, self.model_path, iteration, outputs)
+
+    def _loop(self, sampler: PatchSampler, start: int, stop: StopRequest):
+        job = self.job
+        total_its = job.iterations
+        seed = job.seed + start  # resumed runs continue with a fresh, reproducible random stream
+        rng = np.random.default_rng(seed)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        augment = _augmentation(seed) if job.technique.augmentation else None
+        self.model.train()
+        iteration, last_emit, rate = start, 0.0, None
+        while iteration < total_its:
+            t0 = time.perf_counter()
+            iteration += 1
+            lr = job.learning_rate * (1 - (iteration - 1) / total_its) ** POLY_EXPONENT
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            try:
+                x, y = self._batch(sampler, rng, augment)
+                total, terms = self._step(x, y, rng, gen)
+            except torch.cuda.OutOfMemoryError as exc:
+                raise ResourceError(f"The GPU ran out of memory at iteration {iteration} (batch {job.batch_size}, "
+                                    f"patch {job.patch_size}).", "Use a smaller patch_size or batch_size, or another "
+                                    f"GPU; the last model file {self.model_path or '(none yet)'} is kept.") from exc
+            dt = time.perf_counter() - t0
+            rate = dt if rate is None else 0.9 * rate + 0.1 * dt
+            now = time.time()
+            if iteration in (start + 1, total_its) or now - last_emit >= 0.5 or stop:
+                last_emit = now
+                self.sink.emit("progress", phase="train", iteration=iteration, total=total_its, loss=total.item(),
+                               terms={k: v.item() for k, v in terms.items()}, lr=lr,
+                               iterations_per_second=1 / rate, eta_seconds=rate * (total_its - iteration))
+            if stop:
+                self._checkpoint("last", iteration)
+                return "cancelled", iteration
+            if iteration % job.validation_interval == 0 or iteration == total_its:
+                if self.val_cases and self._validate(iteration):
+                    self._checkpoint("best", iteration)
+                self._checkpoint("last", iteration)
+        if start >= total_its:
+            self.sink.log(f"Nothing to do: the model already has {start} of {total_its} iterations.")
+        return "finished", iteration
+
+
+def _atomic_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
