@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import json
 import os
 import re
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -49,11 +51,25 @@ def read_image(path) -> sitk.Image:
         raise InputError(f"Image file not found: {path}", "Check the path (relative paths are resolved against "
                                                           "the dataset folder).")
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         # SimpleITK prefixes the reader's reason with its C++ source location: keep the reason.
         reason = str(exc).strip().splitlines()[-1].replace("sitk::ERROR: ", "")
         raise InputError(f"Cannot read image {path}: {reason}", FORMAT_HINT) from exc
+    if path.name.lower().endswith(".gz"):
+        _check_gzip_complete(path)
+    return image
+
+
+def _check_gzip_complete(path: Path) -> None:
+    """InputError for a truncated .gz: ITK's NIfTI reader silently fills the missing voxels with 0."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"Cannot read image {path}: the compressed file is truncated or corrupt ({exc})",
+                         "Copy or export the file again.") from exc
 
 
 @contextlib.contextmanager
@@ -199,12 +215,8 @@ def resample_to_spacing(image: sitk.Image, spacing_zyx_: Sequence[float], interp
 
 
 def _resample_onto(image: sitk.Image, grid: sitk.Image, interpolator) -> sitk.Image:
-    """Resample ``image`` onto ``grid``'s geometry; points just outside take the nearest voxel."""
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(grid)
-    resampler.SetInterpolator(interpolator)
-    resampler.SetUseNearestNeighborExtrapolator(True)
-    return resampler.Execute(image)
+    """Resample ``image`` onto ``grid``'s geometry (identity transform; outside the image -> 0)."""
+    return sitk.Resample(image, grid, sitk.Transform(), interpolator, 0.0)
 
 
 def to_reference(array: np.ndarray, grid: sitk.Image, reference: sitk.Image, nearest: bool) -> np.ndarray:
@@ -284,7 +296,7 @@ class ClassMap:
     def lookup(self, label: np.ndarray, source="label") -> np.ndarray:
         """Map a raw label array to uint8 class indices with one lookup table (vectorised)."""
         raw = np.asarray(label)
-        hint = ("Add the values to a class of the class map, or map unlisted values to background"
+        hint = ("Add the values to a class of the class map, or map unlisted values to background."
                 if self.unlisted == "error" else "Check that this file is a label map.")
         if raw.dtype == bool:
             raw = raw.astype(np.uint8)
@@ -401,11 +413,14 @@ class Normalization:
             raise InputError(f"normalization.mode must be one of {NORMALIZATION_MODES}, got {self.mode!r}",
                              "Use zscore for MRI, ct (with a window) for CT.")
         if self.mode == "ct":
-            window = self.window
-            if window is None or len(window) != 2 or not float(window[0]) < float(window[1]):
+            try:
+                low, high = (float(v) for v in self.window)
+            except (TypeError, ValueError):
+                low = high = float("nan")
+            if not low < high:
                 raise InputError(f"normalization.window must be (low, high) with low < high for mode 'ct', "
-                                 f"got {window!r}", "For example [-100, 240] for soft tissue in HU.")
-            self.window = (float(window[0]), float(window[1]))
+                                 f"got {self.window!r}", "For example [-100, 240] for soft tissue in HU.")
+            self.window = (low, high)
         elif self.window is not None:
             raise InputError(f"normalization.window is only used with mode 'ct' (mode is {self.mode!r})",
                              "Remove the window or set mode to 'ct'.")

@@ -68,7 +68,13 @@ class EventSink:
         self.failure_fields = dict  # extra keys of a failed run's done event (e.g. the last model)
 
     def attach(self, folder: Path) -> None:
+        """Write events and log lines to ``folder`` from now on (appending); files attached before are closed."""
+        folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        for f in (self._events_file, self._log_file):
+            if f:
+                f.close()
+        self._events_file = self._log_file = None
         self._events_file = open(folder / "events.jsonl", "a", encoding="utf-8")
         self._log_file = open(folder / "log.txt", "a", encoding="utf-8")
 
@@ -82,6 +88,9 @@ class EventSink:
         if self._events_file:
             self._events_file.write(line + "\n")
             self._events_file.flush()
+        if type_ == "start" and self._bar is not None:  # a new run (e.g. the demo's second training)
+            self._bar.close()
+            self._bar = None
         if type_ == "progress" and event.get("phase") == "train":
             self._show_progress(event)
         else:

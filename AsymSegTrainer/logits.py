@@ -43,11 +43,16 @@ class LogitStatistics:
 
     ``class_names`` name the label values 0..G-1; ``channel_names`` name the logit channels
     (default: the class names, since channel c is the logit of class c). Methods take a class
-    ``g`` and a channel ``c`` as an index or a name.
+    ``g`` and a channel ``c`` as an index or a name. ``metadata`` is an optional JSON-ready dict
+    of provenance (e.g. the case, the model, ``grouped_by``) carried through to_dict/from_dict
+    and save/load; it does not take part in merging or comparisons of the statistics.
     """
 
     def __init__(self, class_names: Sequence[str], channel_names: Optional[Sequence[str]] = None,
-                 bin_edges: Sequence[float] = DEFAULT_BIN_EDGES):
+                 bin_edges: Sequence[float] = DEFAULT_BIN_EDGES, metadata: Optional[dict] = None):
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError(f"metadata must be a dict (JSON object) or None; got {type(metadata).__name__}.")
+        self.metadata = dict(metadata or {})
         self.class_names = _names(class_names, "class_names")
         self.channel_names = list(self.class_names) if channel_names is None else _names(channel_names,
                                                                                         "channel_names")
@@ -269,6 +274,7 @@ class LogitStatistics:
             "m2": self._m2.tolist(),
             "min": [[None if empty[g] else v for v in row] for g, row in enumerate(self._min.tolist())],
             "max": [[None if empty[g] else v for v in row] for g, row in enumerate(self._max.tolist())],
+            **({"metadata": dict(self.metadata)} if self.metadata else {}),
         }
 
     @classmethod
@@ -281,7 +287,7 @@ class LogitStatistics:
             raise ValueError(f"unsupported logit-statistics version {d.get('version')!r}; this AsymSeg reads "
                              f"version {VERSION}.")
         try:
-            stats = cls(d["class_names"], d["channel_names"], d["bin_edges"])
+            stats = cls(d["class_names"], d["channel_names"], d["bin_edges"], d.get("metadata"))
         except KeyError as exc:
             raise ValueError(f"logit-statistics record lacks the field {exc}.") from None
         shape = stats._mean.shape

@@ -71,7 +71,7 @@ def resolve_technique(spec: Union[str, dict, None]) -> Technique:
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise InputError(f"technique has unknown setting(s) {unknown}.", f"Known settings: {', '.join(sorted(allowed))}.")
-    technique = replace(Technique(preset=name), **PRESETS[name], **spec)
+    technique = replace(Technique(preset=name), **{**PRESETS[name], **spec})
     for key, (low, high) in _RANGES.items():
         value = getattr(technique, key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value >= low) \

@@ -16,7 +16,6 @@ from AsymSegTrainer.data import (CaseSpec, ClassMap, LoadedCase, Normalization, 
 from AsymSegTrainer.errors import InputError
 from AsymSegTrainer.phantoms import make_phantom_dataset
 
-BRATS = Path(__file__).resolve().parents[3] / "shared" / "data" / "Dataset001_BraTS2015_DeepMedic6"
 # A rotation about an oblique axis: non-identity, non-diagonal direction cosines.
 DIRECTION = tuple(sitk.VersorTransform((1.0, 2.0, 3.0), 0.4).GetMatrix())
 
@@ -93,6 +92,12 @@ def test_read_image_errors_name_the_file(tmp_path):
     with pytest.raises(InputError, match="corrupt.nii.gz") as info:
         read_image(corrupt)
     assert "NIfTI" in info.value.hint and "sitk" not in info.value.message
+    noise = np.random.default_rng(0).random((12, 16, 20))  # incompressible: half the file keeps the header
+    whole = write_image(noise, reference_image(), tmp_path / "whole.nii.gz").read_bytes()
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(whole[: len(whole) // 2])  # SimpleITK alone would read it, zero-filled
+    with pytest.raises(InputError, match="truncated.nii.gz: the compressed file is truncated"):
+        read_image(truncated)
 
 
 # ---------------------------------------------------------------------------- geometry
@@ -247,7 +252,7 @@ def test_resample_to_spacing_and_back_restores_label_and_geometry():
     probabilities = np.stack([1.0 - sitk.GetArrayFromImage(resampled), sitk.GetArrayFromImage(resampled)])
     back = to_reference(probabilities.astype(np.float32), grid, reference, nearest=False)
     assert back.shape == (2,) + label.shape
-    np.testing.assert_allclose(back.sum(0), 1.0, atol=1e-5)  # linear, nearest extrapolation at the borders
+    np.testing.assert_allclose(back.sum(0), 1.0, atol=1e-5)  # linear; the grid covers every reference voxel
     same = np.zeros((16, 36, 40), np.uint8)
     assert to_reference(same, reference, reference, nearest=True) is same
 
@@ -275,6 +280,8 @@ def test_load_case_relative_paths_normalisation_and_label(tmp_path):
     mask[2:10, 2:14, 2:18] = True
     spec = write_case(tmp_path, reference, raw, mask)
     assert CaseSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(InputError, match=r"case: missing field\(s\) \['id'\]"):
+        CaseSpec.from_dict({"images": ["a.nii.gz"]})
     case = load_case(spec, ClassMap.parse(["core=4", "edema=2"]), Normalization(), base_dir=tmp_path)
     assert isinstance(case, LoadedCase) and case.id == "c1" and case.role == "train"
     assert case.image.shape == (2, 12, 16, 20) and case.image.dtype == np.float32
@@ -343,9 +350,8 @@ def test_read_nnunet_dataset_on_phantoms(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not BRATS.is_dir(), reason="BRATS sample data not available")
-def test_read_nnunet_dataset_on_brats():
-    dataset, cases = read_nnunet_dataset(BRATS)
+def test_read_nnunet_dataset_on_brats(brats):
+    dataset, cases = read_nnunet_dataset(brats)
     assert len(cases) == 6 and all(len(c.images) == 2 and c.mask for c in cases)
     case = load_case(cases[0], ClassMap.parse(["tumor_core=1,3,4"]),
                      Normalization(), target_spacing=(1.0, 1.0, 1.0))

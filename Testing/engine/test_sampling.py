@@ -32,7 +32,7 @@ def padded_patch(volume: np.ndarray, centre, patch) -> np.ndarray:
 @pytest.fixture
 def two_cases():
     rng = np.random.default_rng(0)
-    label = rng.choice([0, 1, 2], size=(20, 30, 40), p=[0.9, 0.02, 0.08])
+    label = rng.choice([0, 1, 2], size=(20, 30, 40), p=[0.6, 0.3, 0.1])
     mask = np.zeros(label.shape, bool)
     mask[3:17, 5:25, 5:35] = True
     other = np.where(rng.random((20, 30, 40)) < 0.1, 2, 0)  # no rare voxel at all

@@ -1,0 +1,303 @@
+"""AsymSeg's logic, Qt-free: export -> job -> engine process -> import (the widget's only partner).
+
+``AsymSegCoreLogic`` is what ``AsymSegLogic`` (AsymSeg.py) extends; the widget receives it
+typed by ``TrainingLogicProtocol`` so it can be driven by fakes in tests. Every method works
+against ``slicer.mrmlScene``, reached lazily, so this file imports under slicer-core.
+
+Folder layout of one training run (``runFolder``)::
+
+    job.json               the job spec (paths relative to this folder)
+    asymseg_module.json    what the module needs afterwards: class colours, channel names
+    images/ labels/        the exported cases
+    out/                   the engine's output folder (checkpoints, logit statistics, logs)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Protocol
+
+from .Cases import CaseInput, checkCases
+from .Classes import ClassAnalysis, discoverClasses
+from .EngineProcess import EngineProcess, engineCommand, engineEnvironment, engineFolder, pythonExecutable
+from .JobSpec import TrainingSettings, buildJob, writeJob
+from .LogitPlots import LogitChartSet, LogitHistograms, buildLogitCharts
+from .ResultImport import importMetrics, importPrediction
+from .Runs import EngineTask, RunStatus
+from .SceneExport import exportAnnotation, exportCases, exportVolumes
+
+MODULE_FILE = "asymseg_module.json"
+STOP_FILE = "STOP"
+
+
+class EngineNotFoundError(RuntimeError):
+    pass
+
+
+@dataclass
+class PreparedTraining:
+    folder: Path
+    jobPath: Path
+    outputFolder: Path
+    job: dict
+    export: object = None
+
+
+@dataclass
+class PreparedInference:
+    folder: Path
+    modelPath: Path
+    images: list
+    outputPath: Path
+    labelPath: Optional[Path]
+    classNames: list
+    colors: dict
+    device: str = "auto"
+
+
+@dataclass
+class TrainingResults:
+    modelPath: Optional[str]
+    charts: Optional[LogitChartSet] = None
+    messages: list = field(default_factory=list)
+
+
+@dataclass
+class InferenceResults:
+    segmentation: object
+    metricsTable: object = None
+    charts: Optional[LogitChartSet] = None
+    messages: list = field(default_factory=list)
+
+
+class TrainingLogicProtocol(Protocol):
+    """What the widget needs from the logic (a fake implements it in widget tests)."""
+
+    def checkCases(self, cases: list, channelNames: list) -> list: ...
+    def discoverClasses(self, cases: list) -> ClassAnalysis: ...
+    def prepareTraining(self, cases: list, channelNames: list, settings: TrainingSettings, runFolder,
+                        analysis: Optional[ClassAnalysis] = None, rarity: Optional[dict] = None) -> PreparedTraining: ...
+    def startTraining(self, prepared: PreparedTraining, resume: bool = False) -> EngineTask: ...
+    def importTrainingResults(self, task: EngineTask) -> TrainingResults: ...
+    def prepareInference(self, modelPath, volumes: list, runFolder, groundTruth=None,
+                         device: str = "auto") -> PreparedInference: ...
+    def startInference(self, prepared: PreparedInference) -> EngineTask: ...
+    def importInferenceResults(self, task: EngineTask, referenceVolume, name: str = "") -> InferenceResults: ...
+
+
+def timestampedFolder(root, label: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)[:40]
+    folder = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}_{safe}"
+    suffix, candidate = 1, folder
+    while candidate.exists():
+        suffix += 1
+        candidate = folder.with_name(f"{folder.name}_{suffix}")
+    return candidate
+
+
+@dataclass
+class ModelInfo:
+    classNames: list = field(default_factory=list)   # index order, 0 = background
+    classes: dict = field(default_factory=dict)      # name -> raw label values of the training labels
+    colors: dict = field(default_factory=dict)       # name -> (r, g, b)
+    channels: list = field(default_factory=list)
+
+
+def modelInfo(modelPath) -> ModelInfo:
+    """Classes, colours and channel names of a model trained by AsymSeg.
+
+    Read from the resolved ``job.json`` the engine writes beside its checkpoints, and the
+    module's own ``asymseg_module.json`` one folder up (colours). The model file itself is a
+    torch file, which the module never opens.
+    """
+    modelPath = Path(modelPath)
+    info = ModelInfo()
+    job = modelPath.parent / "job.json"
+    if job.is_file():
+        data = json.loads(job.read_text(encoding="utf-8"))
+        classes = data.get("classes") or {}
+        if isinstance(classes, dict):
+            info.classes = {str(k): [int(v) for v in (vs if isinstance(vs, list) else [vs])] for k, vs in classes.items()}
+            info.classNames = list(info.classes)
+        info.channels = list(data.get("channels") or [])
+    for folder in (modelPath.parent, modelPath.parent.parent):
+        extra = folder / MODULE_FILE
+        if extra.is_file():
+            data = json.loads(extra.read_text(encoding="utf-8"))
+            info.colors = {k: tuple(v) for k, v in (data.get("colors") or {}).items()}
+            info.classNames = info.classNames or list(data.get("classes") or [])
+            info.channels = info.channels or list(data.get("channels") or [])
+            break
+    return info
+
+
+class AsymSegCoreLogic:
+    """Export, job building, engine processes and result import. No Qt."""
+
+    def __init__(self, python: Optional[str] = None, engineDirectory=None, cancelTimeout: float = 60.0):
+        self.python = python
+        self.engineDirectory = Path(engineDirectory) if engineDirectory else None
+        self.cancelTimeout = cancelTimeout
+
+    # ---------------------------------------------------------------- engine location
+
+    def enginePaths(self) -> tuple[str, Path]:
+        folder = self.engineDirectory or engineFolder()
+        if folder is None:
+            raise EngineNotFoundError("The AsymSegTrainer engine package was not found beside the module.",)
+        return self.python or pythonExecutable(), folder
+
+    def _task(self, arguments: list, outputFolder: Path, kind: str, context: dict, stopFile=None) -> EngineTask:
+        python, folder = self.enginePaths()
+        process = EngineProcess(engineCommand(python, *arguments), env=engineEnvironment(folder),
+                                cwd=outputFolder.parent, stopFile=stopFile)
+        return EngineTask(process, kind=kind, outputFolder=outputFolder, context=context)
+
+    # ---------------------------------------------------------------- data
+
+    def checkCases(self, cases: list[CaseInput], channelNames: list) -> list:
+        return checkCases(cases, len(channelNames))
+
+    def discoverClasses(self, cases: list[CaseInput]) -> ClassAnalysis:
+        return discoverClasses(cases)
+
+    # ---------------------------------------------------------------- training
+
+    def prepareTraining(self, cases, channelNames, settings: TrainingSettings, runFolder,
+                        analysis: Optional[ClassAnalysis] = None, rarity: Optional[dict] = None,
+                        allowErrors: bool = False) -> PreparedTraining:
+        folder = Path(runFolder)
+        folder.mkdir(parents=True, exist_ok=True)
+        export = exportCases(cases, channelNames, folder, analysis=analysis, rarity=rarity, allowErrors=allowErrors)
+        job = buildJob(export, settings, output="out")
+        jobPath = writeJob(job, folder / "job.json")
+        (folder / MODULE_FILE).write_text(json.dumps({
+            "format": "asymseg-module-run", "classes": list(export.classes), "channels": list(channelNames),
+            "colors": {k: list(v) for k, v in export.colors.items()},
+            "cases": [{"id": c.id, "role": c.role} for c in export.cases],
+        }, indent=2) + "\n", encoding="utf-8")
+        return PreparedTraining(folder, jobPath, folder / "out", job, export)
+
+    def startTraining(self, prepared: PreparedTraining, resume: bool = False) -> EngineTask:
+        arguments = ["train", "--job", prepared.jobPath, "--events"] + (["--resume"] if resume else [])
+        context = {"classes": list(prepared.job["classes"]), "rarity": dict(prepared.job.get("rarity") or {}),
+                   "colors": dict(prepared.export.colors) if prepared.export else {}, "folder": prepared.folder}
+        task = self._task(arguments, prepared.outputFolder, "train", context, prepared.outputFolder / STOP_FILE)
+        return task.start()
+
+    def importTrainingResults(self, task: EngineTask, name: str = "AsymSeg training") -> TrainingResults:
+        """Logit histograms of training vs validation (unseen) cases, when the engine wrote them."""
+        state = task.state
+        results = TrainingResults(state.model)
+        if state.status is not RunStatus.FINISHED:
+            return results
+        out = task.outputFolder
+        trainPath = Path(state.outputs.get("logit_statistics_train", out / "logit_statistics_train.json"))
+        unseenPath = Path(state.outputs.get("logit_statistics_validation", out / "logit_statistics_validation.json"))
+        if not trainPath.is_file():
+            results.messages.append("The engine wrote no logit statistics of the training cases.")
+            return results
+        train = LogitHistograms.load(trainPath)
+        unseen = LogitHistograms.load(unseenPath) if unseenPath.is_file() else None
+        if unseen is None:
+            results.messages.append("No validation cases: the histograms show training cases only.")
+        results.charts = buildLogitCharts(train, unseen, name=name, colors=task.context.get("colors"),
+                                          trainLabel="train", unseenLabel="unseen")
+        return results
+
+    # ---------------------------------------------------------------- inference
+
+    def prepareInference(self, modelPath, volumes: list, runFolder, groundTruth=None,
+                         device: str = "auto") -> PreparedInference:
+        modelPath = Path(modelPath)
+        if not modelPath.is_file():
+            raise FileNotFoundError(f"Model file not found: {modelPath}")
+        if not volumes or any(v is None for v in volumes):
+            raise ValueError("Choose a volume for every input channel.")
+        info = modelInfo(modelPath)
+        names, colors, channels = info.classNames, info.colors, info.channels
+        if channels and len(channels) != len(volumes):
+            raise ValueError(f"The model expects {len(channels)} channel(s) ({', '.join(channels)}); "
+                             f"{len(volumes)} volume(s) chosen.")
+        folder = Path(runFolder)
+        folder.mkdir(parents=True, exist_ok=True)
+        images = exportVolumes(volumes, folder / "images", "input")
+        labelPath = None
+        if groundTruth is not None:
+            if _isSegmentationNode(groundTruth) and not info.classes:
+                raise ValueError("The model's classes are unknown (no job.json beside it): the segments of the "
+                                 "ground truth cannot be matched to them. Use a labelmap with the training values.")
+            labelPath = folder / "labels" / "ground_truth.nrrd"
+            exportAnnotation(groundTruth, volumes[0], labelPath, info.classes)
+        return PreparedInference(folder, modelPath, images, folder / "prediction.nrrd", labelPath, names, colors,
+                                 device or "auto")
+
+    def startInference(self, prepared: PreparedInference) -> EngineTask:
+        arguments = ["infer", "--model", prepared.modelPath, "--images", *prepared.images,
+                     "--out", prepared.outputPath, "--events", "--device", prepared.device]
+        if prepared.labelPath is not None:
+            arguments += ["--label", prepared.labelPath]
+        context = {"classes": list(prepared.classNames), "colors": dict(prepared.colors),
+                   "prepared": prepared, "folder": prepared.folder}
+        return self._task(arguments, prepared.folder, "infer", context).start()
+
+    def importInferenceResults(self, task: EngineTask, referenceVolume, name: str = "") -> InferenceResults:
+        state = task.state
+        if state.status is not RunStatus.FINISHED:
+            raise RuntimeError(state.message or "Inference did not finish.")
+        prepared: PreparedInference = task.context["prepared"]
+        names = list(task.context.get("classes") or [])
+        config = state.startEvent.config if state.startEvent else {}
+        if not names and isinstance(config.get("classes"), dict):
+            names = list(config["classes"])
+        outputs = {k: Path(v) for k, v in state.outputs.items()}
+        prediction = _output(outputs, prepared.outputPath, "", ("prediction", "label", "segmentation"))
+        if not names:
+            names = ["background"] + [f"class_{i}" for i in range(1, 256)]
+        segmentation = importPrediction(prediction, names, referenceVolume,
+                                        name=name or f"{referenceVolume.GetName()} AsymSeg", colors=task.context.get("colors"))
+        results = InferenceResults(segmentation)
+        stem = _stem(prepared.outputPath)
+        metricsPath = _output(outputs, prepared.outputPath.with_name(f"{stem}_metrics.json"), "_metrics.json", ("metrics",))
+        if metricsPath.is_file():
+            results.metricsTable = importMetrics(metricsPath, names, name=f"{segmentation.GetName()} metrics")
+        logitsPath = _output(outputs, prepared.outputPath.with_name(f"{stem}_logits.json"), "_logits.json", ("logits",))
+        trainPath = prepared.modelPath.parent / "logit_statistics_train.json"
+        if logitsPath.is_file() and trainPath.is_file():
+            case = json.loads(logitsPath.read_text(encoding="utf-8"))
+            grouped = case.get("grouped_by", "label" if prepared.labelPath else "prediction")
+            unseenLabel = "this case" if "label" in str(grouped) or "truth" in str(grouped) else "this case (by prediction)"
+            results.charts = buildLogitCharts(LogitHistograms.load(trainPath), LogitHistograms.fromDict(case),
+                                              name=f"{segmentation.GetName()} logits", colors=task.context.get("colors"),
+                                              trainLabel="train", unseenLabel=unseenLabel)
+        elif logitsPath.is_file():
+            results.messages.append("No training logit statistics beside the model: histograms not shown.")
+        return results
+
+
+def _isSegmentationNode(node) -> bool:
+    return node is not None and node.IsA("vtkMRMLSegmentationNode")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for extension in (".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr", ".mhd"):
+        if name.endswith(extension):
+            return name[: -len(extension)]
+    return path.stem
+
+
+def _output(outputs: dict, default: Path, suffix: str, keys: tuple) -> Path:
+    """A result path from the done event's ``outputs`` (by key or by file-name suffix), else the default."""
+    for key in keys:
+        if key in outputs:
+            return outputs[key]
+    if suffix:
+        for path in outputs.values():
+            if os.fspath(path).endswith(suffix):
+                return path
+    return default

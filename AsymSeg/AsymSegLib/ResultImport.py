@@ -1,0 +1,206 @@
+"""Import of engine results into NEW MRML nodes: prediction -> segmentation, metrics -> table.
+
+Qt-free. The prediction file holds class indices (0 = background) in the exact geometry of
+the first input channel (protocol.md, "infer outputs"); it is read into a temporary labelmap
+with a colour table that carries the class names and colours, imported as a segmentation
+(one segment per foreground class, named and coloured, empty classes included so the list is
+complete), and the temporaries are removed. The reference geometry is the input volume's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .Annotations import _removeWithDependents
+from .Classes import PALETTE
+
+
+def _scene():
+    import slicer
+
+    return slicer.mrmlScene
+
+
+def readLabelmap(path, name: str = "__AsymSegPrediction__"):
+    """Read a label image into a new labelmap node in the scene (caller removes it)."""
+    import slicer
+
+    scene = _scene()
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(os.fspath(path))
+    storage.SetSingleFile(1)
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        raise RuntimeError(f"Could not read the label image {path}.")
+    return node
+
+
+def classColors(classNames: list, colors: Optional[dict] = None) -> list:
+    """A colour per class (index order): the given one, else the palette."""
+    colors = colors or {}
+    result = []
+    for index, name in enumerate(classNames):
+        color = colors.get(name)
+        result.append(tuple(color) if color is not None else (0.0, 0.0, 0.0) if index == 0
+                      else PALETTE[(index - 1) % len(PALETTE)])
+    return result
+
+
+def _colorTable(classNames: list, colors: list):
+    import slicer
+
+    table = slicer.vtkMRMLColorTableNode()
+    table.SetTypeToUser()
+    table.SetName("__AsymSegClasses__")
+    table.HideFromEditorsOn()
+    table.SetNumberOfColors(len(classNames))
+    table.NamesInitialisedOn()
+    for index, (name, color) in enumerate(zip(classNames, colors)):
+        table.SetColor(index, name, *color, 0.0 if index == 0 else 1.0)
+    _scene().AddNode(table)
+    return table
+
+
+def importPrediction(path, classNames: list, referenceVolume, name: str = "",
+                     colors: Optional[dict] = None, includeEmpty: bool = True):
+    """A new segmentation node from a class-index label file.
+
+    ``classNames`` are the training classes in index order (index 0 = background, not
+    imported). ``colors`` maps class name -> (r, g, b). Returns the segmentation node.
+    """
+    import slicer
+
+    scene = _scene()
+    palette = classColors(classNames, colors)
+    labelmap = readLabelmap(path)
+    table = None
+    try:
+        array = slicer.util.arrayFromVolume(labelmap)
+        present = {int(v) for v in np.unique(array)}
+        unknown = sorted(v for v in present if v < 0 or v >= len(classNames))
+        if unknown:
+            raise RuntimeError(f"The prediction holds label values {unknown} outside the model's "
+                               f"{len(classNames)} classes {classNames}.")
+        table = _colorTable(classNames, palette)
+        labelmap.CreateDefaultDisplayNodes()
+        labelmap.GetDisplayNode().SetAndObserveColorNodeID(table.GetID())
+        segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                   name or scene.GenerateUniqueName("AsymSeg prediction"))
+        segmentationNode.CreateDefaultDisplayNodes()
+        if referenceVolume is not None:
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
+        if present - {0}:
+            if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentationNode):
+                scene.RemoveNode(segmentationNode)
+                raise RuntimeError(f"Could not import {path} as a segmentation.")
+        segmentation = segmentationNode.GetSegmentation()
+        # Name and colour every segment by its label value (does not rely on the import's naming).
+        byValue = {}
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(index)
+            value = segment.GetLabelValue() if hasattr(segment, "GetLabelValue") else index + 1
+            byValue[int(value)] = segment
+        for value, segment in byValue.items():
+            if 0 < value < len(classNames):
+                segment.SetName(classNames[value])
+                segment.SetColor(*palette[value])
+        if includeEmpty:
+            for value in range(1, len(classNames)):
+                if segmentation.GetSegmentIdBySegmentName(classNames[value]) == "":
+                    segmentation.AddEmptySegment("", classNames[value], list(palette[value]))
+        _orderSegments(segmentation, classNames)
+        segmentationNode.SetAttribute("AsymSeg.Prediction", os.fspath(path))
+        return segmentationNode
+    finally:
+        _removeWithDependents(scene, labelmap)
+        if table is not None and scene.IsNodePresent(table):
+            scene.RemoveNode(table)
+
+
+def _orderSegments(segmentation, classNames: list) -> None:
+    """Segments in class order (the import creates them in label-value order, empties last)."""
+    for position, name in enumerate(classNames[1:]):
+        segmentId = segmentation.GetSegmentIdBySegmentName(name)
+        if segmentId and hasattr(segmentation, "SetSegmentIndex"):
+            segmentation.SetSegmentIndex(segmentId, position)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+METRIC_COLUMNS = ("dsc", "sensitivity", "precision", "specificity", "hd95",
+                  "reference_voxels", "predicted_voxels")
+
+
+def metricRows(data, classNames: Optional[list] = None) -> list[dict]:
+    """Flatten a metrics JSON into rows {variant, class, metric...}.
+
+    Accepts the engine's per-class dictionaries (class index or name -> {dsc, ...}) at any
+    nesting (e.g. ``{"raw": {...}, "largest_component": {...}}``): the path of keys above a
+    class dictionary becomes the row's ``variant``.
+    """
+    rows: list[dict] = []
+
+    def className(key) -> str:
+        text = str(key)
+        if classNames and text.isdigit() and int(text) < len(classNames):
+            return classNames[int(text)]
+        return text
+
+    def visit(node, path: list) -> None:
+        if not isinstance(node, dict):
+            return
+        perClass = {k: v for k, v in node.items() if isinstance(v, dict) and any(m in v for m in METRIC_COLUMNS)}
+        if perClass:
+            for key, values in perClass.items():
+                row = {"variant": "/".join(path) or "raw", "class": className(key)}
+                row.update({m: values.get(m) for m in METRIC_COLUMNS})
+                rows.append(row)
+        for key, value in node.items():
+            if isinstance(value, dict) and key not in perClass:
+                visit(value, path + [str(key)])
+
+    visit(data, [])
+    return rows
+
+
+def importMetrics(path, classNames: Optional[list] = None, name: str = ""):
+    """A new table node with one row per (variant, class) and a column per metric."""
+    with open(path, encoding="utf-8") as stream:
+        data = json.load(stream)
+    rows = metricRows(data, classNames)
+    if not rows:
+        raise RuntimeError(f"{path} holds no per-class metrics.")
+    return tableFromRows(rows, ["variant", "class", *METRIC_COLUMNS], name or "AsymSeg metrics")
+
+
+def tableFromRows(rows: list[dict], columns: list[str], name: str):
+    """A new vtkMRMLTableNode: text columns for strings, double columns for numbers (NaN = n/a)."""
+    import vtk
+
+    scene = _scene()
+    tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+    table = tableNode.GetTable()
+    numeric = {c: all(r.get(c) is None or (isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool))
+                      for r in rows) for c in columns}
+    arrays = []
+    for column in columns:
+        array = vtk.vtkDoubleArray() if numeric[column] else vtk.vtkStringArray()
+        array.SetName(column)
+        array.SetNumberOfTuples(len(rows))
+        for index, row in enumerate(rows):
+            value = row.get(column)
+            if numeric[column]:
+                array.SetValue(index, float("nan") if value is None else float(value))
+            else:
+                array.SetValue(index, "" if value is None else str(value))
+        arrays.append(array)
+    for array in arrays:
+        table.AddColumn(array)
+    tableNode.Modified()
+    return tableNode

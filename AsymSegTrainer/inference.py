@@ -1,0 +1,381 @@
+"""``infer``: segment one case (what Slicer calls) or the cases of an nnU-Net folder with a model file.
+
+For each case (docs/protocol.md, "infer outputs"):
+
+1. the channels (and the optional ground truth / ROI mask) are read and checked to share one
+   geometry, normalised as in training (the ROI mask, when given, selects the normalisation
+   statistics as it does in training) and, when the model has a ``target_spacing``,
+   resampled to it (linear);
+2. logits come from MONAI sliding-window inference (Gaussian blending, ``overlap``);
+3. resampled logits are brought back to the input geometry by LINEAR interpolation of the
+   logits; the label map is the argmax of these logits and the probabilities their softmax.
+   This is smoother than the nearest neighbour of a coarse argmax, keeps label map and
+   probabilities consistent (label = argmax of probabilities), and lets the logit statistics
+   be collected voxel for voxel with the input-grid ground truth;
+4. outputs, beside ``FILE``, in the exact geometry (size, spacing, origin, direction) of the
+   first channel and the format of ``FILE``'s extension:
+
+   - ``FILE``: uint8 class indices (0 = background); with ``largest_component`` only the
+     largest connected component of each foreground class is kept;
+   - ``<stem>_logits.json``: LogitStatistics of the case (input grid, inside the ROI mask when
+     given), voxels grouped by the ground-truth class with ``label`` (``"grouped_by":
+     "reference"``) else by the predicted class of the raw argmax (``"prediction"``);
+   - ``<stem>_metrics.json`` (with ``label``): per-class metrics ``raw`` and ``post``
+     (largest component), keyed by class name;
+   - ``<stem>_probabilities.nii.gz`` (with ``probabilities``): softmax, one vector component
+     per class, float32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import (SUPPORTED_EXTENSIONS, CaseSpec, ClassMap, LoadedCase, Normalization, load_case, read_image,
+                   read_nnunet_dataset, spacing_zyx, to_reference, write_image)
+from .errors import InputError
+from .evaluation import check_writable_folder, label_array, raw_and_post, write_json
+from .events import EventSink
+from .logits import LogitStatistics
+from .metrics import keep_largest_component
+from .network import build_network, load_model_file, load_weights
+from .prediction import predict_logits
+from .runtime import resolve_device, versions
+
+PROGRESS_INTERVAL_S = 1.0  # at most one progress event per second within a case
+
+
+# ---------------------------------------------------------------------------- the model
+
+@dataclass
+class Predictor:
+    """A loaded model file, ready to predict: the network on its device and the meta it needs."""
+
+    path: Path
+    meta: dict
+    model: nn.Module
+    device: torch.device
+    class_map: ClassMap
+    normalization: Normalization
+
+    @property
+    def class_names(self) -> List[str]:
+        return list(self.class_map.names)
+
+    @property
+    def channels(self) -> List[str]:
+        return list(self.meta["channels"])
+
+
+def load_predictor(model: Union[str, Path, Predictor], device: str = "auto") -> Predictor:
+    """Read a model file (InputError when missing, corrupt or not AsymSeg's) and build its network."""
+    if isinstance(model, Predictor):
+        return model
+    path = Path(model)
+    state, meta = load_model_file(path)
+    hint = "Use a model_best.pt / model_last.pt written by AsymSeg training."
+    try:
+        class_map = ClassMap.from_dict({"classes": meta["classes"], "unlisted": meta.get("unlisted", "error")})
+        normalization = Normalization.from_dict(meta.get("normalization") or {})
+        network = build_network(meta["network"], len(meta["channels"]), class_map.num_classes, meta["spatial_dims"])
+        unfit = load_weights(network, state["state_dict"])
+        _ = [int(p) for p in meta["patch_size"]]
+    except InputError as exc:
+        raise InputError(f"Model file {path} is inconsistent: {exc.message}", hint) from exc
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"Model file {path} is incomplete or inconsistent: {type(exc).__name__}: {exc}", hint) from exc
+    if unfit:
+        raise InputError(f"Model file {path}: the weights do not fit the network described in the file "
+                         f"({', '.join(unfit[:3])} ...).", hint)
+    torch_device = resolve_device(device)
+    network.to(torch_device).eval()
+    return Predictor(path, meta, network, torch_device, class_map, normalization)
+
+
+def _check_channels(predictor: Predictor, images: Sequence) -> None:
+    channels = predictor.channels
+    if len(images) != len(channels):
+        raise InputError(f"The model takes {len(channels)} channel(s) {channels} but {len(images)} image(s) were "
+                         f"given: {', '.join(str(p) for p in images)}.",
+                         f"Give one image per channel, in this order: {', '.join(channels)}.")
+
+
+# ---------------------------------------------------------------------------- outputs
+
+def output_paths(out) -> Dict[str, Path]:
+    """The files of one case's outputs: prediction FILE and its ``<stem>_*`` companions."""
+    if out is None:
+        raise InputError("No output file: infer --images needs --out FILE.", "E.g. --out prediction.nii.gz.")
+    path = Path(out).expanduser().absolute()
+    ext = next((e for e in SUPPORTED_EXTENSIONS if path.name.lower().endswith(e)), None)
+    if ext is None or len(path.name) == len(ext):
+        raise InputError(f"Output file {path} has an unsupported extension.",
+                         f"Use one of {', '.join(SUPPORTED_EXTENSIONS)}, e.g. prediction.nii.gz.")
+    stem = path.name[: -len(ext)]
+    return {"prediction": path, "logits": path.with_name(f"{stem}_logits.json"),
+            "metrics": path.with_name(f"{stem}_metrics.json"),
+            "probabilities": path.with_name(f"{stem}_probabilities.nii.gz")}
+
+
+def _check_overlap(overlap) -> float:
+    try:
+        value = float(overlap)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 <= value < 1.0:
+        raise InputError(f"overlap must be a fraction in [0, 1); got {overlap!r}.", "0.5 is the usual choice.")
+    return value
+
+
+# ---------------------------------------------------------------------------- prediction
+
+def _windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """Number of sliding windows MONAI visits over an image of ``shape`` (its scan-interval rule)."""
+    count = 1
+    for size, r in zip(shape, roi):
+        if size <= r:
+            continue
+        interval = max(int(r * (1 - overlap)), 1)
+        count *= math.ceil((size - r) / interval) + 1
+    return count
+
+
+class _Counting(nn.Module):
+    """Calls the network and reports how many windows went through it (for progress events)."""
+
+    def __init__(self, network: nn.Module, report: Callable[[int], None]):
+        super().__init__()
+        self.network = network
+        self.report = report
+
+    def forward(self, x):
+        out = self.network(x)
+        self.report(int(x.shape[0]))
+        return out
+
+
+def predict_case(predictor: Predictor, case: LoadedCase, overlap: float = 0.5,
+                 progress: Optional[Callable[[float], None]] = None) -> np.ndarray:
+    """Logits (C, z, y, x) float32 of a loaded case on its array grid.
+
+    A 2D model (``spatial_dims`` 2) segments a 3D volume slice by slice. ``progress`` is
+    called with the fraction of windows done.
+    """
+    meta = predictor.meta
+    patch = [int(p) for p in meta["patch_size"]]
+    spatial_dims = int(meta["spatial_dims"])
+    depth = case.image.shape[1]
+    slices = [slice(z, z + 1) for z in range(depth)] if spatial_dims == 2 else [slice(None)]
+    roi = patch[-2:] if spatial_dims == 2 else patch
+    shape = case.image.shape[-2:] if spatial_dims == 2 else case.image.shape[1:]
+    total = max(1, _windows(shape, roi, overlap) * len(slices))
+    done = [0]
+
+    def report(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(min(1.0, done[0] / total))
+
+    counting = _Counting(predictor.model, report)
+    amp = predictor.device.type == "cuda"
+    parts = [predict_logits(counting, case.image[:, s], patch, predictor.device, spatial_dims, overlap, amp)
+             for s in slices]
+    logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    return logits.numpy()
+
+
+def _input_grid_array(path) -> np.ndarray:
+    return label_array(read_image(path))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits), dim=0).numpy()
+
+
+def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, largest_component: bool = False,
+               probabilities: bool = False, sink: Optional[EventSink] = None, index: int = 1,
+               total: int = 1) -> Dict[str, str]:
+    """Segment one case (``spec``: images, optional label and mask) and write its outputs beside ``out``.
+
+    The building block of infer_case, infer_dataset and the demo; emits ``load`` and
+    ``infer`` progress events (``iteration`` = ``index`` of ``total`` cases, plus
+    ``fraction`` of the case's windows done). Returns output name -> path.
+    """
+    sink = sink or EventSink(progress_bar=False)
+    paths = output_paths(out)
+    overlap = _check_overlap(overlap)
+    _check_channels(predictor, spec.images)
+    names = predictor.class_names
+    sink.emit("progress", phase="load", iteration=index, total=total, case=spec.id)
+    case = load_case(spec, predictor.class_map if spec.label else None, predictor.normalization,
+                     predictor.meta.get("target_spacing"))
+    resampled = case.grid is not case.reference
+    if resampled:
+        sink.log(f"{spec.id}: predicting on the model's {tuple(case.spacing)} mm grid "
+                 f"{case.image.shape[1:]} (input {tuple(spacing_zyx(case.reference))} mm)")
+
+    last = [0.0]
+
+    def progress(fraction: float) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_INTERVAL_S or fraction >= 1.0:
+            last[0] = now
+            sink.emit("progress", phase="infer", iteration=index, total=total, case=spec.id, fraction=round(fraction, 4))
+
+    progress(0.0)
+    logits = predict_case(predictor, case, overlap, progress)
+    logits = to_reference(logits, case.grid, case.reference, nearest=False).astype(np.float32, copy=False)
+    label = mask = None
+    if spec.label:
+        label = _input_grid_array(spec.label) if resampled else case.label
+        if resampled:
+            label = predictor.class_map.lookup(label, source=spec.label)
+    if spec.mask:
+        mask = (_input_grid_array(spec.mask) != 0) if resampled else case.mask
+
+    raw = np.argmax(logits, axis=0).astype(np.uint8)
+    foreground = list(range(1, len(names)))
+    written = keep_largest_component(raw, foreground) if largest_component else raw
+    outputs = {"prediction": str(write_image(written, case.reference, paths["prediction"]))}
+
+    grouped_by = "reference" if label is not None else "prediction"
+    stats = LogitStatistics(names, metadata={"grouped_by": grouped_by, "case": spec.id, "model": str(predictor.path),
+                                             "images": [str(p) for p in spec.images], "label": spec.label,
+                                             "mask": spec.mask, "resampled": resampled})
+    stats.update(logits, label if label is not None else raw, mask)
+    outputs["logits"] = str(write_json(paths["logits"], {**stats.to_dict(), "grouped_by": grouped_by}))
+
+    if label is not None:
+        metrics = raw_and_post(raw, label, spacing_zyx(case.reference), names)
+        record = {"case": spec.id, "classes": names, "written": "post" if largest_component else "raw", **metrics}
+        outputs["metrics"] = str(write_json(paths["metrics"], record))
+        for variant in ("raw", "post"):
+            sink.log(f"{spec.id} {variant}: " + "; ".join(
+                f"{name} DSC {_pct(m['dsc'])} SEN {_pct(m['sensitivity'])} PRC {_pct(m['precision'])}"
+                for name, m in metrics[variant].items()))
+    if probabilities:
+        outputs["probabilities"] = str(write_image(_softmax(logits), case.reference, paths["probabilities"]))
+    return outputs
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _config(predictor: Predictor, **settings) -> dict:
+    meta = predictor.meta
+    return {**{k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}, "model": str(predictor.path),
+            "classes": meta["classes"], "class_names": predictor.class_names, "channels": predictor.channels,
+            "target_spacing": meta.get("target_spacing"), "patch_size": meta.get("patch_size"),
+            "spatial_dims": meta.get("spatial_dims"), "technique": meta.get("technique")}
+
+
+# ---------------------------------------------------------------------------- public entry points
+
+def infer_case(model, images: Sequence, out, label=None, mask=None, overlap: float = 0.5, device: str = "auto",
+               largest_component: bool = False, probabilities: bool = False,
+               sink: Optional[EventSink] = None) -> Dict[str, str]:
+    """``infer --model M --images CH0 [CH1 ...] --out FILE``: one case; returns output name -> path.
+
+    Outputs: ``prediction`` (FILE), ``logits``, with ``label`` ``metrics``, with
+    ``probabilities`` ``probabilities`` (docs/protocol.md, "infer outputs").
+    """
+    sink = sink or EventSink(progress_bar=False)
+    if not images:
+        raise InputError("No input images.", "Give one image per channel with --images.")
+    paths = output_paths(out)
+    overlap = _check_overlap(overlap)
+    check_writable_folder(paths["prediction"].parent)
+    predictor = load_predictor(model, device)
+    config = _config(predictor, images=[str(p) for p in images], label=label, mask=mask, out=paths["prediction"],
+                     overlap=overlap, device=device, largest_component=largest_component, probabilities=probabilities)
+    sink.emit("start", command="infer", config=config, device=str(predictor.device), versions=versions(),
+              output=str(paths["prediction"]))
+    _check_channels(predictor, images)
+    stem = paths["logits"].name[: -len("_logits.json")]
+    spec = CaseSpec(id=stem, images=[str(p) for p in images], label=str(label) if label else None,
+                    mask=str(mask) if mask else None, role="test")
+    return infer_spec(predictor, spec, paths["prediction"], overlap, largest_component, probabilities, sink)
+
+
+def infer_specs(predictor: Predictor, specs: Sequence[CaseSpec], out_dir, file_ending: str = ".nii.gz",
+                overlap: float = 0.5, largest_component: bool = False, probabilities: bool = False,
+                sink: Optional[EventSink] = None) -> Dict[str, Dict[str, str]]:
+    """Segment several cases into ``out_dir/<case><file_ending>`` (+ companions); case id -> outputs."""
+    results = {}
+    for i, spec in enumerate(specs, 1):
+        results[spec.id] = infer_spec(predictor, spec, Path(out_dir) / f"{spec.id}{file_ending}", overlap,
+                                      largest_component, probabilities, sink, i, len(specs))
+    return results
+
+
+def merge_logit_statistics(paths: Sequence, metadata: Optional[dict] = None) -> LogitStatistics:
+    """The sum of several cases' ``<stem>_logits.json`` (same classes and bins)."""
+    merged = None
+    for path in paths:
+        stats = LogitStatistics.load(path)
+        if merged is None:
+            merged = LogitStatistics(stats.class_names, stats.channel_names, stats.bin_edges, metadata)
+        merged.merge(stats)
+    if merged is None:
+        raise ValueError("no logit statistics to merge")
+    return merged
+
+
+def infer_dataset(model, dataset, case_ids: Sequence[str], out_dir, overlap: float = 0.5, device: str = "auto",
+                  largest_component: bool = False, probabilities: bool = False,
+                  sink: Optional[EventSink] = None) -> Dict[str, str]:
+    """``infer --dataset DIR --out-dir OUT [--cases ...]``: the cases of an nnU-Net v2 raw folder.
+
+    Every case gets the outputs of infer_case in OUT (``<case><file_ending>``, ...), with its
+    ground truth from labelsTr (metrics, logits grouped by the reference) and its mask from
+    masksTr when present. OUT also gets ``logit_statistics.json`` (all cases merged) and
+    ``metrics.json`` / ``metrics.md`` (evaluation.write_metrics). Returns name -> path, with
+    ``<case>``, ``<case>_logits``, ``<case>_metrics``, ``<case>_probabilities`` per case.
+    """
+    from .evaluation import write_metrics
+
+    sink = sink or EventSink(progress_bar=False)
+    if out_dir is None:
+        raise InputError("No output folder: infer --dataset needs --out-dir DIR.", "E.g. --out-dir predictions.")
+    out_dir = Path(out_dir).expanduser().absolute()
+    overlap = _check_overlap(overlap)
+    check_writable_folder(out_dir)
+    sink.attach(out_dir)
+    info, specs = read_nnunet_dataset(Path(dataset))
+    by_id = {spec.id: spec for spec in specs}
+    unknown = [c for c in case_ids if c not in by_id]
+    if unknown:
+        raise InputError(f"Case(s) {unknown} are not in {dataset}.", f"Available cases: {', '.join(sorted(by_id))}.")
+    chosen = [by_id[c] for c in case_ids] if case_ids else specs
+    predictor = load_predictor(model, device)
+    config = _config(predictor, dataset=str(dataset), cases=[s.id for s in chosen], out_dir=out_dir, overlap=overlap,
+                     device=device, largest_component=largest_component, probabilities=probabilities)
+    sink.emit("start", command="infer", config=config, device=str(predictor.device), versions=versions(),
+              output=str(out_dir))
+    _check_channels(predictor, chosen[0].images)
+    results = infer_specs(predictor, chosen, out_dir, info["file_ending"], overlap, largest_component, probabilities,
+                          sink)
+    outputs = {}
+    for case, files in results.items():
+        for name, path in files.items():
+            outputs[case if name == "prediction" else f"{case}_{name}"] = path
+    merged = merge_logit_statistics([files["logits"] for files in results.values()],
+                                    {"grouped_by": "reference", "cases": list(results), "model": str(predictor.path)})
+    outputs["logit_statistics"] = str(write_json(out_dir / "logit_statistics.json",
+                                                 {**merged.to_dict(), "grouped_by": "reference"}))
+    per_case = {}
+    for case, files in results.items():
+        record = json.loads(Path(files["metrics"]).read_text(encoding="utf-8"))
+        per_case[case] = {"raw": record["raw"], "post": record["post"]}
+    outputs.update(write_metrics(out_dir, per_case, predictor.class_names, extra={"model": str(predictor.path),
+                                                                                 "dataset": str(dataset)}))
+    return outputs

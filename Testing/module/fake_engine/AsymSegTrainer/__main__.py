@@ -1,0 +1,131 @@
+"""Fake engine: speaks docs/protocol.md on stdout so the module's process control can be tested
+without torch. Behaviour comes from the job's ``fake`` object (train) or ``--fake-mode`` (infer):
+
+    mode   "ok" (default) | "error" | "stubborn" (ignores SIGTERM and STOP, has a child) |
+           "noise" (non-JSON lines on stdout, logs on stderr) | "crash" (dies without a done event)
+    iterations, sleep   training iterations and seconds per iteration
+    children            number of sleeping child processes to spawn (tree kill)
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+stop = {"requested": False}
+
+
+def emit(kind, **fields):
+    sys.stdout.write(json.dumps({"type": kind, "time": time.time(), **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def option(args, name, default=None):
+    return args[args.index(name) + 1] if name in args else default
+
+
+def values(args, name):
+    if name not in args:
+        return []
+    out = []
+    for item in args[args.index(name) + 1:]:
+        if item.startswith("--"):
+            break
+        out.append(item)
+    return out
+
+
+def spawn_children(count, stubborn):
+    code = "import signal, time\n" + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if stubborn else "") + \
+           "time.sleep(300)\n"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+
+
+def train(args):
+    job_path = Path(option(args, "--job"))
+    job = json.loads(job_path.read_text())
+    fake = job.get("fake", {})
+    mode = fake.get("mode", "ok")
+    out = (job_path.parent / job.get("output", "out")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "STOP").unlink(missing_ok=True)
+    children = spawn_children(int(fake.get("children", 0)), mode == "stubborn")
+    if mode == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda *a: stop.update(requested=True))
+    print("fake engine starting", file=sys.stderr, flush=True)
+    emit("start", command="train", config=job, device="cpu", versions={"asymseg": "fake"}, output=str(out))
+    if mode == "error":
+        emit("error", kind="input", message="Case 001: the label's geometry differs from its first image.",
+             hint="Resample the label onto the image.")
+        emit("done", status="failed", exit_code=3, model=None, outputs={})
+        return 3
+    if mode == "crash":
+        emit("progress", phase="load", iteration=1, total=1, case="x")
+        os._exit(1)
+    cases = job.get("cases", [])
+    for i, case in enumerate(cases, start=1):
+        emit("progress", phase="load", iteration=i, total=len(cases), case=case["id"])
+    total = int(fake.get("iterations", job.get("iterations", 3)))
+    for it in range(1, total + 1):
+        time.sleep(float(fake.get("sleep", 0.01)))
+        if mode == "noise":
+            print(f"noise line {it} that is not JSON", flush=True)
+            print(f"stderr log {it}", file=sys.stderr, flush=True)
+        emit("progress", phase="train", iteration=it, total=total, loss=1.0 / it, terms={"ce": 1.0 / it},
+             lr=0.001, iterations_per_second=10.0, eta_seconds=(total - it) * 0.1)
+        if mode != "stubborn" and (stop["requested"] or (out / "STOP").exists()):
+            (out / "model_last.pt").write_bytes(b"fake")
+            emit("checkpoint", kind="last", path=str(out / "model_last.pt"), iteration=it)
+            emit("done", status="cancelled", exit_code=10, model=str(out / "model_last.pt"), outputs={})
+            for child in children:
+                child.kill()
+            return 10
+    (out / "model_last.pt").write_bytes(b"fake")
+    emit("checkpoint", kind="last", path=str(out / "model_last.pt"), iteration=total)
+    emit("validation", iteration=total, metrics={"tumor": {"dsc": 0.5, "sensitivity": 0.4, "precision": 0.7}},
+         mean_dsc=0.5, best=True)
+    emit("done", status="finished", exit_code=0, model=str(out / "model_last.pt"), outputs={})
+    return 0
+
+
+def infer(args):
+    import numpy as np
+    import SimpleITK as sitk
+
+    images = values(args, "--images")
+    out = Path(option(args, "--out"))
+    emit("start", command="infer", config={}, device="cpu", versions={"asymseg": "fake"}, output=str(out.parent))
+    image = sitk.ReadImage(images[0])
+    array = sitk.GetArrayFromImage(image)
+    prediction = sitk.GetImageFromArray((array > 1.5).astype(np.uint8))
+    prediction.CopyInformation(image)
+    emit("progress", phase="infer", iteration=1, total=1, case="input")
+    sitk.WriteImage(prediction, str(out), True)
+    stem = out.name.split(".")[0]
+    outputs = {"prediction": str(out)}
+    if option(args, "--label"):
+        metrics = out.with_name(f"{stem}_metrics.json")
+        metrics.write_text(json.dumps({"raw": {"1": {"dsc": 0.9, "sensitivity": 0.8, "precision": 1.0, "hd95": 1.0}},
+                                       "largest_component": {"1": {"dsc": 0.95, "sensitivity": 0.9,
+                                                                   "precision": 1.0, "hd95": 0.0}}}))
+        outputs["metrics"] = str(metrics)
+    emit("done", status="finished", exit_code=0, model=None, outputs=outputs)
+    return 0
+
+
+def main():
+    args = sys.argv[1:]
+    if args and args[0] == "train":
+        return train(args)
+    if args and args[0] == "infer":
+        return infer(args)
+    print("usage: fake engine {train,infer}", file=sys.stderr)
+    return 2
+
+
+sys.exit(main())

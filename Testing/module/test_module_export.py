@@ -1,0 +1,175 @@
+"""Export of MRML nodes into a job folder, against real MRML (slicer-core)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import slicer
+import vtk
+
+from conftest import addSegmentation, addVolume, blobCase, ijkToRas
+
+from AsymSegLib.Cases import CaseInput, checkCases
+from AsymSegLib.Classes import discoverClasses
+from AsymSegLib.Geometry import Geometry
+from AsymSegLib.SceneExport import ExportError, exportCases
+
+
+def readBack(path):
+    """Read an exported file into a node of a private scene (no effect on the test scene)."""
+    node = slicer.vtkMRMLScalarVolumeNode()
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    return node
+
+
+def snapshot(nodes):
+    return {n.GetID(): (np.array(slicer.util.arrayFromVolume(n), copy=True) if n.IsA("vtkMRMLVolumeNode") else None,
+                        n.GetMTime()) for n in nodes}
+
+
+def makeCases(mrml):
+    image0, label0 = blobCase(0)
+    image1, label1 = blobCase(1)
+    label0 = label0 * 5  # raw label value 5: must stay 5 in the exported file
+    matrixB = ijkToRas(spacing=(0.8, 0.8, 2.0), origin=(3.0, -7.0, 11.0))
+    a1, a2 = addVolume(image0, "caseA_t1"), addVolume(image0 * 2 + 1, "caseA_t2")
+    labelmap = addVolume(label0.astype(np.int16), "caseA_label", labelmap=True)
+    b1, b2 = addVolume(image1, "caseB_t1", matrixB), addVolume(image1 - 1, "caseB_t2", matrixB)
+    segmentation = addSegmentation(label1, b1, {1: "tumor core"}, name="caseB_seg")
+    cases = [CaseInput([a1, a2], labelmap, "train"), CaseInput([b1, b2], segmentation, "validation")]
+    return cases, (label0, label1)
+
+
+def test_export_preserves_geometry_label_values_and_class_map(mrml, tmp_path):
+    cases, (label0, label1) = makeCases(mrml)
+    inputs = [n for c in cases for n in (*c.images, c.annotation)]
+    before, count = snapshot(inputs), mrml.scene.GetNumberOfNodes()
+
+    result = exportCases(cases, ["t1", "t2"], tmp_path)
+
+    assert [c.role for c in result.cases] == ["train", "validation"]
+    assert list(result.classes) == ["background", "label_5", "tumor core"]
+    assert result.classes == {"background": [0], "label_5": [5], "tumor core": [6]}
+    assert result.rarity == {"background": 0.0, "label_5": 1.0, "tumor core": 1.0}
+    for case, exported in zip(cases, result.cases):
+        assert len(exported.images) == 2
+        for node, relative in zip(case.images, exported.images):
+            back = readBack(tmp_path / relative)
+            assert not Geometry.fromVolume(node).differences(Geometry.fromVolume(back), tolerance=1e-6)
+            np.testing.assert_array_equal(slicer.util.arrayFromVolume(back), slicer.util.arrayFromVolume(node))
+        label = readBack(tmp_path / exported.label)
+        assert not Geometry.fromVolume(case.images[0]).differences(Geometry.fromVolume(label), tolerance=1e-6)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(readBack(tmp_path / result.cases[0].label)), label0)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(readBack(tmp_path / result.cases[1].label)), label1 * 6)
+    # inputs untouched, no node left behind
+    assert mrml.scene.GetNumberOfNodes() == count
+    after = snapshot(inputs)
+    for nodeId, (array, mtime) in before.items():
+        if array is not None:
+            np.testing.assert_array_equal(after[nodeId][0], array)
+        assert after[nodeId][1] == mtime, f"{nodeId} was modified"
+    assert all(n.GetStorageNode() is None for n in inputs if n.IsA("vtkMRMLVolumeNode"))
+
+
+def test_export_reads_as_the_engine_would(mrml, tmp_path):
+    """SimpleITK (the engine's reader) sees the geometry Slicer has, in LPS."""
+    sitk = pytest.importorskip("SimpleITK")
+    cases, _ = makeCases(mrml)
+    result = exportCases(cases, ["t1", "t2"], tmp_path)
+    node = cases[1].images[0]
+    image = sitk.ReadImage(str(tmp_path / result.cases[1].images[0]))
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    ras = slicer.util.arrayFromVTKMatrix(matrix)
+    lps = np.diag([-1, -1, 1]) @ ras[:3, :3]
+    np.testing.assert_allclose(image.GetSpacing(), node.GetSpacing(), atol=1e-9)
+    np.testing.assert_allclose(image.GetOrigin(), np.diag([-1, -1, 1]) @ ras[:3, 3], atol=1e-9)
+    np.testing.assert_allclose(np.array(image.GetDirection()).reshape(3, 3), lps / np.array(node.GetSpacing()),
+                               atol=1e-9)
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / result.cases[1].label)))
+    assert set(np.unique(label)) == {0, 6}
+
+
+def test_segment_names_give_the_class_map_across_cases(mrml, tmp_path):
+    image, label = blobCase(2)
+    two = label.copy()
+    two[2:5, 2:5, 2:5] = 2
+    cases = []
+    for index, (names, role) in enumerate([({1: "Tumor", 2: "edema"}, "train"), ({1: "edema", 2: "tumor"}, "validation")]):
+        volume = addVolume(image, f"img{index}")
+        cases.append(CaseInput([volume], addSegmentation(two, volume, names, name=f"seg{index}"), role))
+    result = exportCases(cases, ["ct"], tmp_path)
+    assert result.classes == {"background": [0], "Tumor": [1], "edema": [2]}  # merged case-insensitively
+    first = slicer.util.arrayFromVolume(readBack(tmp_path / result.cases[0].label))
+    second = slicer.util.arrayFromVolume(readBack(tmp_path / result.cases[1].label))
+    np.testing.assert_array_equal(first, two)
+    np.testing.assert_array_equal(second[two == 1], 2)  # 'edema' in the second case is class edema
+    np.testing.assert_array_equal(second[two == 2], 1)
+    job = json.dumps(result.classes)
+    assert "Tumor" in job
+
+
+def test_class_discovery_counts_ratio_and_rarity(mrml):
+    image, label = blobCase(3, radius=4)
+    volume = addVolume(image, "img")
+    cases = [CaseInput([volume], addVolume(label, "lab", labelmap=True), "train")]
+    analysis = discoverClasses(cases)
+    catalog = analysis.catalog
+    assert catalog.names == ["background", "label_1"]
+    foreground = int(label.sum())
+    assert catalog.classes[1].trainVoxels == foreground
+    assert catalog.classes[0].trainVoxels == label.size - foreground
+    assert catalog.ratio("label_1") == pytest.approx((label.size - foreground) / foreground)
+    assert catalog.rarityMap() == {"background": 0.0, "label_1": 1.0}
+    catalog.setRarity("label_1", 0.4)
+    assert catalog.rarityMap()["label_1"] == 0.4 and catalog.classes[1].rare
+    catalog.setRare("label_1", False)
+    assert catalog.rarityMap()["label_1"] == 0.0
+
+
+def test_class_names_from_user_colour_table_not_builtin(mrml):
+    image, label = blobCase(4)
+    volume = addVolume(image, "img")
+    labelmap = addVolume(label * 3, "lab", labelmap=True)
+    # Built-in 'Labels' table: value 3 is named there, but it means nothing for the user's data.
+    assert discoverClasses([CaseInput([volume], labelmap)]).catalog.names == ["background", "label_3"]
+    table = mrml.scene.AddNewNodeByClass("vtkMRMLColorTableNode", "myClasses")
+    table.SetTypeToUser()
+    table.SetNumberOfColors(4)
+    table.SetColor(3, "liver lesion", 0.9, 0.1, 0.1, 1.0)
+    labelmap.GetDisplayNode().SetAndObserveColorNodeID(table.GetID())
+    catalog = discoverClasses([CaseInput([volume], labelmap)]).catalog
+    assert catalog.names == ["background", "liver lesion"]
+    assert catalog.classes[1].color == pytest.approx((0.9, 0.1, 0.1), abs=0.01)  # 8-bit colour table
+
+
+def test_inline_checks(mrml, tmp_path):
+    image, label = blobCase(5)
+    volume = addVolume(image, "img")
+    shifted = addVolume(image, "img_shifted", ijkToRas(origin=(0.0, 0.0, 40.0)))
+    small = addVolume(image[:20], "img_small")
+    wrongLabel = addVolume(label, "lab_other_grid", ijkToRas(spacing=(2.0, 2.0, 2.0)), labelmap=True)
+    empty = addVolume(np.zeros_like(label), "lab_empty", labelmap=True)
+    cases = [
+        CaseInput([volume, small], wrongLabel, "train"),      # channel size differs, labelmap grid differs
+        CaseInput([shifted, None], empty, "train"),           # channel missing
+        CaseInput([volume, volume], None, "validation"),      # no annotation, reused volume
+    ]
+    issues = checkCases(cases, 2)
+    text = [str(i) for i in issues]
+    assert any("Case 1" in t and "channel 2 differs" in t and "size" in t for t in text)
+    assert any("Case 1" in t and "labelmap 'lab_other_grid' differs" in t and "spacing" in t for t in text)
+    assert any("Case 2" in t and "not chosen" in t for t in text)
+    assert any("Case 3" in t and "No annotation" in t for t in text)
+    assert any(i.severity == "warning" and "also used" in i.message for i in issues)
+    voxel = discoverClasses([CaseInput([volume], empty, "train")]).issues
+    assert any(i.severity == "warning" and "empty" in i.message for i in voxel)
+    assert any("No validation case" in i.message and not i.isError for i in checkCases([CaseInput([volume], empty)], 1))
+    with pytest.raises(ExportError) as raised:
+        exportCases(cases, ["a", "b"], tmp_path)
+    assert "differs" in str(raised.value)
+    assert not (tmp_path / "images").exists()
