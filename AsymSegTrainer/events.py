@@ -122,6 +122,9 @@ class EventSink:
         self._bar.update(event["iteration"] - self._bar.n)
         terms = " ".join(f"{k}={v:.4f}" for k, v in event.get("terms", {}).items() if v is not None)
         self._bar.set_postfix_str(terms)
+        if event["iteration"] >= event["total"]:  # the last iteration: later log lines print below the bar
+            self._bar.close()
+            self._bar = None
 
     def close(self) -> None:
         if self._bar is not None:

@@ -207,7 +207,9 @@ def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, 
 
     The building block of infer_case, infer_dataset and the demo; emits ``load`` and
     ``infer`` progress events (``iteration`` = ``index`` of ``total`` cases, plus
-    ``fraction`` of the case's windows done). Returns output name -> path.
+    ``fraction`` of the case's windows done). Returns output name -> path. A ``<stem>_metrics.json``
+    or ``<stem>_probabilities.nii.gz`` left beside ``out`` by an earlier run and not written by this
+    one is removed, so the files beside ``out`` always belong together.
     """
     sink = sink or EventSink(progress_bar=False)
     paths = output_paths(out)
@@ -263,6 +265,9 @@ def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, 
                 for name, m in metrics[variant].items()))
     if probabilities:
         outputs["probabilities"] = str(write_image(_softmax(logits), case.reference, paths["probabilities"]))
+    for name in ("metrics", "probabilities"):  # a companion of an earlier run would pass for this run's
+        if name not in outputs and paths[name].is_file():
+            paths[name].unlink()
     return outputs
 
 

@@ -62,7 +62,7 @@ def logit_histogram_figure(train: LogitStatistics, unseen: Optional[LogitStatist
         for c, channel in enumerate(train.channel_names):
             ax = axes[g][c]
             edges = train.bin_edges
-            drawn = False
+            drawn, peak = False, 0.0
             for stats, color, label, filled in ((train, TRAIN_COLOR, train_label, True),
                                                 (unseen, UNSEEN_COLOR, unseen_label, False)):
                 if stats is None:
@@ -70,6 +70,7 @@ def logit_histogram_figure(train: LogitStatistics, unseen: Optional[LogitStatist
                 _, density = _density(stats, g, c)
                 if density is None:
                     continue
+                peak = max(peak, float(density.max()))
                 text = f"{label} (n={stats.count(g):,}, mean {stats.mean(g, c):+.2f})"
                 if filled:
                     ax.stairs(density, edges, fill=True, color=color, alpha=0.35, label=text)
@@ -85,12 +86,16 @@ def logit_histogram_figure(train: LogitStatistics, unseen: Optional[LogitStatist
             ax.set_xlabel(f"logit z[{channel}]")
             ax.set_ylabel("density")
             if drawn:
-                ax.legend(fontsize=7, loc="upper left", frameon=False)
+                ax.set_ylim(0, 1.4 * peak)  # head room for the legend
+                ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
             else:
                 ax.text(0.5, 0.5, f"no voxels of class {true_name}", transform=ax.transAxes, ha="center",
                         va="center", color="0.4")
     if title:
         fig.suptitle(title, fontsize=12)
+    if unseen is not None:
+        fig.supxlabel("dz = |mean unseen| - |mean train| (dashed lines: means); dz < 0: the logit moved towards the "
+                      "decision boundary z = 0 on unseen cases", fontsize=8, color="0.3")
     return fig
 
 

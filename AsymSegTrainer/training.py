@@ -257,6 +257,9 @@ class Trainer:
         return path
 
     def _logit_statistics(self) -> Dict[str, str]:
+        """Statistics of the model that ``done`` hands out (the best checkpoint when validation ran)."""
+        if self.model_path and self.model_path.name == BEST:
+            load_weights(self.model, load_model_file(self.model_path)[0]["state_dict"])
         outputs = {}
         for role, cases in (("train", self.train_cases), ("validation", self.val_cases)):
             if not cases:

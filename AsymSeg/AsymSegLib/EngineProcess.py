@@ -218,8 +218,13 @@ class EngineProcess:
         self.killed = True
         self._rememberDescendants()
         psutil = _psutil()
+        try:
+            self.proc.kill()  # the direct child first, through Popen, which also reaps it
+        except OSError:
+            pass
         if psutil is not None:
-            victims = list(self._processes.values())
+            # Never psutil-wait the direct child: that would reap it behind Popen's back (exit code lost).
+            victims = [p for pid, p in self._processes.items() if pid != self.proc.pid]
             for process in victims:
                 try:
                     process.kill()  # psutil checks the creation time: a reused pid is never hit
@@ -233,10 +238,6 @@ class EngineProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError, OSError):
                 pass
-        try:
-            self.proc.kill()
-        except OSError:
-            pass
         self._killDeadline = None
 
     @property

@@ -32,12 +32,26 @@ class TrainingSettings:
     network: Optional[dict] = None                 # engine default when None
     extra: dict = field(default_factory=dict)      # further job keys, passed through
 
+    def downsamplingFactor(self) -> int:
+        """Product of the network's strides (the engine's default UNet: 2 x 2 x 2 = 8)."""
+        strides = (self.network or {}).get("strides", [2, 2, 2])
+        factor = 1
+        for stride in strides:
+            factor *= int(stride if isinstance(stride, int) else max(stride))
+        return max(factor, 1)
+
     def problems(self) -> list[str]:
         found = []
         if self.iterations < 1:
             found.append("Iterations must be at least 1.")
         if len(self.patchSize) != 3 or any(int(p) < 1 for p in self.patchSize):
             found.append("Patch size needs three positive sizes (z, y, x).")
+        else:
+            factor = self.downsamplingFactor()
+            bad = [int(p) for p in self.patchSize if int(p) != 1 and int(p) % factor]
+            if bad:
+                found.append(f"Patch sizes {bad} are not multiples of {factor} (the network halves the patch "
+                             f"{factor.bit_length() - 1} times); use 1 for z on 2D images.")
         if self.batchSize < 1:
             found.append("Batch size must be at least 1.")
         if not (0 < self.learningRate < 1):

@@ -250,10 +250,11 @@ class AsymSegCoreLogic:
         if state.status is not RunStatus.FINISHED:
             raise RuntimeError(state.message or "Inference did not finish.")
         prepared: PreparedInference = task.context["prepared"]
-        names = list(task.context.get("classes") or [])
         config = state.startEvent.config if state.startEvent else {}
+        names = list(config.get("class_names") or [])  # the model's own classes, from the engine
         if not names and isinstance(config.get("classes"), dict):
             names = list(config["classes"])
+        names = names or list(task.context.get("classes") or [])
         outputs = {k: Path(v) for k, v in state.outputs.items()}
         prediction = _output(outputs, prepared.outputPath, "", ("prediction", "label", "segmentation"))
         if not names:
@@ -269,8 +270,8 @@ class AsymSegCoreLogic:
         trainPath = prepared.modelPath.parent / "logit_statistics_train.json"
         if logitsPath.is_file() and trainPath.is_file():
             case = json.loads(logitsPath.read_text(encoding="utf-8"))
-            grouped = case.get("grouped_by", "label" if prepared.labelPath else "prediction")
-            unseenLabel = "this case" if "label" in str(grouped) or "truth" in str(grouped) else "this case (by prediction)"
+            grouped = str(case.get("grouped_by") or ("reference" if prepared.labelPath else "prediction"))
+            unseenLabel = "this case (by prediction)" if grouped == "prediction" else "this case"
             results.charts = buildLogitCharts(LogitHistograms.load(trainPath), LogitHistograms.fromDict(case),
                                               name=f"{segmentation.GetName()} logits", colors=task.context.get("colors"),
                                               trainLabel="train", unseenLabel=unseenLabel)

@@ -52,6 +52,7 @@ def writeVolume(volumeNode, path: Path) -> Path:
     """Write a volume node (scalar or labelmap) to ``path`` without attaching a storage node."""
     import slicer
 
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(os.fspath(path))

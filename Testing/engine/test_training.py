@@ -316,3 +316,31 @@ def test_existing_run_is_never_overwritten(phantom_dataset, tmp_path):
     with pytest.raises(InputError, match="already holds a trained model"):
         run(job(phantom_dataset, tmp_path / "run", val=()))
     assert (tmp_path / "run" / "model_last.pt").read_bytes() == before
+
+
+def test_logit_statistics_describe_the_model_handed_out(phantom_dataset, tmp_path, monkeypatch):
+    from AsymSegTrainer.data import load_case
+    from AsymSegTrainer.logits import LogitStatistics
+    from AsymSegTrainer.prediction import predict_logits
+
+    real, calls = Trainer._validate, []
+
+    def validate_best_first(self, iteration):  # the best checkpoint is iteration 2, not the last one
+        calls.append(real(self, iteration))
+        return len(calls) == 1
+
+    monkeypatch.setattr(Trainer, "_validate", validate_best_first)
+    job_obj = job(phantom_dataset, tmp_path / "run", iterations=6, validation_interval=2, logit_statistics=True)
+    result, _ = run(job_obj)
+    state, meta = load_model_file(result.model)
+    assert result.model.name == "model_best.pt" and state["iteration"] == 2
+    model = build_network(meta["network"], 2, 2)
+    model.load_state_dict(state["state_dict"])
+    expected = LogitStatistics(meta["class_names"])
+    for spec in job_obj.cases_with_role("train"):
+        case = load_case(spec, job_obj.class_map, job_obj.normalization)
+        expected.update(predict_logits(model, case.image, meta["patch_size"], torch.device("cpu")), case.label)
+    saved = LogitStatistics.load(result.outputs["logit_statistics_train"])
+    for g in (0, 1):
+        for c in (0, 1):
+            assert saved.mean(g, c) == pytest.approx(expected.mean(g, c), rel=1e-5, abs=1e-6)

@@ -9,7 +9,7 @@ import pytest
 import slicer
 import vtk
 
-from conftest import addSegmentation, addVolume, blobCase, ijkToRas
+from asymseg_module_testing import addSegmentation, addVolume, blobCase, ijkToRas
 
 from AsymSegLib.Cases import CaseInput, checkCases
 from AsymSegLib.Classes import discoverClasses

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from AsymSegLib.EngineProcess import EngineProcess, engineCommand, engineEnvironment, engineFolder
-from AsymSegLib.Events import DoneEvent, ErrorEvent, LogLine, ProgressEvent
+from AsymSegLib.Events import DoneEvent, ErrorEvent, ProgressEvent
 from AsymSegLib.Runs import EngineTask, RunStatus
 
 FAKE = Path(__file__).resolve().parent / "fake_engine"

@@ -18,8 +18,8 @@ from pathlib import Path
 stop = {"requested": False}
 
 
-def emit(kind, **fields):
-    sys.stdout.write(json.dumps({"type": kind, "time": time.time(), **fields}) + "\n")
+def emit(type_, **fields):
+    sys.stdout.write(json.dumps({"type": type_, "time": time.time(), **fields}) + "\n")
     sys.stdout.flush()
 
 
@@ -38,6 +38,33 @@ def values(args, name):
     return out
 
 
+def logit_record(class_names, shift):
+    """A record in the format of AsymSegTrainer.logits (LogitStatistics.to_dict), from Gaussians."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    edges = np.linspace(-20.0, 20.0, 161)
+    g = len(class_names)
+    counts = [400] * g
+    hist, mean, m2, low, high = [], [], [], [], []
+    for gi in range(g):
+        rows = [[], [], [], [], []]
+        for ci in range(g):
+            centre = (6.0 if gi == ci else -6.0) - (shift if gi > 0 and gi == ci else 0.0)
+            values = rng.normal(centre, 1.0, counts[gi])
+            rows[0].append(np.histogram(values, edges)[0].tolist())
+            rows[1].append(float(values.mean()))
+            rows[2].append(float(((values - values.mean()) ** 2).sum()))
+            rows[3].append(float(values.min()))
+            rows[4].append(float(values.max()))
+        for target, row in zip((hist, mean, m2, low, high), rows):
+            target.append(row)
+    zeros = [[0] * g for _ in range(g)]
+    return {"format": "asymseg-logit-statistics", "version": 1, "class_names": class_names,
+            "channel_names": class_names, "bin_edges": edges.tolist(), "count": counts, "histogram": hist,
+            "underflow": zeros, "overflow": zeros, "mean": mean, "m2": m2, "min": low, "max": high}
+
+
 def spawn_children(count, stubborn):
     code = "import signal, time\n" + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if stubborn else "") + \
            "time.sleep(300)\n"
@@ -52,6 +79,7 @@ def train(args):
     out = (job_path.parent / job.get("output", "out")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "STOP").unlink(missing_ok=True)
+    (out / "job.json").write_text(json.dumps(job))  # the engine writes the resolved job beside its models
     children = spawn_children(int(fake.get("children", 0)), mode == "stubborn")
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -89,7 +117,14 @@ def train(args):
     emit("checkpoint", kind="last", path=str(out / "model_last.pt"), iteration=total)
     emit("validation", iteration=total, metrics={"tumor": {"dsc": 0.5, "sensitivity": 0.4, "precision": 0.7}},
          mean_dsc=0.5, best=True)
-    emit("done", status="finished", exit_code=0, model=str(out / "model_last.pt"), outputs={})
+    outputs = {}
+    if fake.get("statistics"):
+        names = list(job.get("classes") or {})
+        for role, shift in (("train", 0.0), ("validation", 4.0)):
+            path = out / f"logit_statistics_{role}.json"
+            path.write_text(json.dumps(logit_record(names, shift)))
+            outputs[f"logit_statistics_{role}"] = str(path)
+    emit("done", status="finished", exit_code=0, model=str(out / "model_last.pt"), outputs=outputs)
     return 0
 
 
@@ -99,7 +134,11 @@ def infer(args):
 
     images = values(args, "--images")
     out = Path(option(args, "--out"))
-    emit("start", command="infer", config={}, device="cpu", versions={"asymseg": "fake"}, output=str(out.parent))
+    model = Path(option(args, "--model"))
+    job = model.parent / "job.json"
+    names = list(json.loads(job.read_text()).get("classes") or {}) if job.is_file() else []
+    emit("start", command="infer", config={"class_names": names} if names else {}, device="cpu",
+         versions={"asymseg": "fake"}, output=str(out.parent))
     image = sitk.ReadImage(images[0])
     array = sitk.GetArrayFromImage(image)
     prediction = sitk.GetImageFromArray((array > 1.5).astype(np.uint8))
@@ -114,6 +153,10 @@ def infer(args):
                                        "largest_component": {"1": {"dsc": 0.95, "sensitivity": 0.9,
                                                                    "precision": 1.0, "hd95": 0.0}}}))
         outputs["metrics"] = str(metrics)
+    if names:
+        logits = out.with_name(f"{stem}_logits.json")
+        logits.write_text(json.dumps({**logit_record(names, 4.0), "grouped_by": "reference"}))
+        outputs["logits"] = str(logits)
     emit("done", status="finished", exit_code=0, model=None, outputs=outputs)
     return 0
 

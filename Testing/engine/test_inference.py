@@ -1,0 +1,363 @@
+"""infer: outputs in the input's exact geometry and format, logit statistics, metrics, probabilities, errors, CLI.
+
+One tiny model is trained for a few iterations on generated phantoms (module fixture); the
+cases segmented here are written with SimpleITK in an oblique, anisotropic geometry with a
+non-zero origin, so any axis or geometry mix-up shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from AsymSegTrainer import inference
+from AsymSegTrainer.data import read_image, spacing_zyx, write_image
+from AsymSegTrainer.errors import InputError, ResourceError
+from AsymSegTrainer.evaluation import evaluate_folder
+from AsymSegTrainer.events import EventSink
+from AsymSegTrainer.inference import infer_case, infer_dataset
+from AsymSegTrainer.jobspec import job_from_dataset, job_from_dict
+from AsymSegTrainer.logits import LogitStatistics
+from AsymSegTrainer.metrics import case_metrics, keep_largest_component
+from AsymSegTrainer.phantoms import phantom_case
+from AsymSegTrainer.training import Trainer
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {"name": "unet", "channels": [4, 8], "strides": [2], "num_res_units": 1}
+DIRECTION = tuple(sitk.VersorTransform((1.0, 2.0, 3.0), 0.4).GetMatrix())  # oblique rotation
+SHAPE, SPACING, ORIGIN = (20, 28, 26), (2.0, 0.9, 1.1), (-12.5, 40.0, 7.25)  # (z, y, x), (z, y, x) mm, (x, y, z)
+
+
+def quiet() -> EventSink:
+    return EventSink(progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def model(phantom_dataset, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("infer_model")
+    spec = job_from_dataset(phantom_dataset, ["lesion=1"], ["phantom_000"], [], output=str(root / "run"),
+                            network=TINY, patch_size=[16, 16, 16], batch_size=2, iterations=3, device="cpu",
+                            learning_rate=1e-2, logit_statistics=False)
+    result = Trainer(job_from_dict(spec, root), quiet()).run()
+    return result.model
+
+
+def write_case(folder: Path, ext: str, seed: int = 5) -> SimpleNamespace:
+    """Two channels, label and body mask of a phantom in an oblique geometry, as files of format ``ext``."""
+    image, label = phantom_case(np.random.default_rng(seed), SHAPE, SPACING)
+    reference = sitk.Image(list(reversed(SHAPE)), sitk.sitkUInt8)
+    reference.SetSpacing(tuple(reversed(SPACING)))
+    reference.SetOrigin(ORIGIN)
+    reference.SetDirection(DIRECTION)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [write_image(channel, reference, folder / f"case_{c:04d}{ext}") for c, channel in enumerate(image)]
+    return SimpleNamespace(images=[str(p) for p in paths],
+                           label=str(write_image(label, reference, folder / f"label{ext}")),
+                           mask=str(write_image(image[0] != 0, reference, folder / f"mask{ext}")),
+                           label_array=label, mask_array=image[0] != 0)
+
+
+def array(path) -> np.ndarray:
+    return sitk.GetArrayFromImage(read_image(path))
+
+
+def assert_same_geometry(path, reference_path) -> None:
+    a, b = read_image(path), read_image(reference_path)
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(b.GetDirection(), DIRECTION, atol=1e-5)  # the oblique input survived
+    np.testing.assert_allclose(b.GetOrigin(), ORIGIN, atol=1e-4)
+
+
+def probabilities(path) -> np.ndarray:
+    image = read_image(path)
+    assert image.GetNumberOfComponentsPerPixel() == 2
+    return np.moveaxis(sitk.GetArrayFromImage(image), -1, 0)
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd"])
+def test_outputs_are_in_the_input_geometry_and_consistent(model, tmp_path, ext):
+    case = write_case(tmp_path / "in", ext)
+    out = tmp_path / "out" / f"pred{ext}"
+    outputs = infer_case(model, case.images, out, label=case.label, mask=case.mask, probabilities=True, device="cpu",
+                         sink=quiet())
+    assert outputs == {"prediction": str(out), "logits": str(out.with_name("pred_logits.json")),
+                       "metrics": str(out.with_name("pred_metrics.json")),
+                       "probabilities": str(out.with_name("pred_probabilities.nii.gz"))}
+    magic = out.read_bytes()[:4]
+    assert magic[:2] == b"\x1f\x8b" if ext == ".nii.gz" else magic == b"NRRD"  # format follows the extension
+    for name in ("prediction", "probabilities"):
+        assert_same_geometry(outputs[name], case.images[0])
+    assert read_image(out).GetPixelID() == sitk.sitkUInt8
+    prediction = array(out)
+    assert set(np.unique(prediction)) <= {0, 1}
+
+    p = probabilities(outputs["probabilities"])
+    np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.argmax(p, axis=0), prediction)  # label map = argmax, no post-processing
+
+    record = json.loads(Path(outputs["logits"]).read_text())
+    stats = LogitStatistics.load(outputs["logits"])
+    assert record["grouped_by"] == "reference" == stats.metadata["grouped_by"]
+    for g in (0, 1):  # grouped by the ground truth, inside the ROI mask only
+        assert stats.count(g) == np.count_nonzero((case.label_array == g) & case.mask_array) > 0
+    assert stats.count(0) + stats.count(1) < prediction.size  # the mask did exclude voxels
+
+    metrics = json.loads(Path(outputs["metrics"]).read_text())
+    spacing = spacing_zyx(read_image(case.label))
+    reference = array(case.label)
+    assert metrics["raw"]["lesion"] == pytest.approx(case_metrics(prediction, reference, spacing, [1])[1])
+    assert metrics["post"]["lesion"] == pytest.approx(
+        case_metrics(keep_largest_component(prediction, [1]), reference, spacing, [1])[1])
+    assert metrics["written"] == "raw"
+
+
+def test_largest_component_is_written_when_asked(model, tmp_path):
+    case = write_case(tmp_path / "in", ".nii.gz", seed=7)
+    outputs = infer_case(model, case.images, tmp_path / "pred.nii.gz", label=case.label, largest_component=True,
+                         probabilities=True, device="cpu", sink=quiet())
+    raw = np.argmax(probabilities(outputs["probabilities"]), axis=0).astype(np.uint8)
+    written = array(outputs["prediction"])
+    structure = ndimage.generate_binary_structure(3, 3)
+    assert ndimage.label(raw == 1, structure)[1] > 1  # otherwise this test shows nothing
+    np.testing.assert_array_equal(written, keep_largest_component(raw, [1]))
+    assert ndimage.label(written == 1, structure)[1] == 1
+    metrics = json.loads(Path(outputs["metrics"]).read_text())
+    assert metrics["written"] == "post"
+    spacing = spacing_zyx(read_image(case.label))
+    assert metrics["raw"]["lesion"] == pytest.approx(case_metrics(raw, array(case.label), spacing, [1])[1])
+    assert metrics["post"]["lesion"] == pytest.approx(case_metrics(written, array(case.label), spacing, [1])[1])
+
+
+def test_without_label_statistics_are_grouped_by_the_prediction(model, tmp_path):
+    case = write_case(tmp_path / "in", ".nrrd")
+    infer_case(model, case.images, tmp_path / "out" / "p.mha", label=case.label, probabilities=True, device="cpu",
+               sink=quiet())
+    outputs = infer_case(model, case.images, tmp_path / "out" / "p.mha", device="cpu", sink=quiet())
+    assert set(outputs) == {"prediction", "logits"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p.mha", "p_logits.json"]  # no stale companions
+    prediction = array(outputs["prediction"])
+    stats = LogitStatistics.load(outputs["logits"])
+    assert json.loads(Path(outputs["logits"]).read_text())["grouped_by"] == "prediction"
+    assert [stats.count(g) for g in (0, 1)] == [np.count_nonzero(prediction == g) for g in (0, 1)]
+    assert min(stats.count(0), stats.count(1)) > 0  # both classes predicted: the grouping is really tested
+
+
+def test_with_target_spacing_predicts_on_the_resampled_grid_and_writes_the_input_geometry(model, tmp_path,
+                                                                                        monkeypatch):
+    state = torch.load(model, weights_only=True)
+    meta = json.loads(state["meta"])
+    meta["target_spacing"] = [1.5, 1.5, 1.5]
+    state["meta"] = json.dumps(meta)
+    resampling_model = tmp_path / "resampling.pt"
+    torch.save(state, resampling_model)
+    seen = []
+    original = inference.predict_logits
+
+    def spy(network, image, *args, **kwargs):
+        seen.append(image.shape)
+        return original(network, image, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_logits", spy)
+    case = write_case(tmp_path / "in", ".nii.gz")
+    outputs = infer_case(resampling_model, case.images, tmp_path / "pred.nii.gz", label=case.label, mask=case.mask,
+                         probabilities=True, device="cpu", sink=quiet())
+    expected = tuple(round(n * s / 1.5) for n, s in zip(SHAPE, SPACING))
+    assert seen == [(2,) + expected] and expected != SHAPE
+    for name in ("prediction", "probabilities"):
+        assert_same_geometry(outputs[name], case.images[0])
+    p = probabilities(outputs["probabilities"])
+    np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.argmax(p, axis=0), array(outputs["prediction"]))
+    stats = LogitStatistics.load(outputs["logits"])
+    assert stats.metadata["resampled"] is True
+    for g in (0, 1):  # collected on the input grid
+        assert stats.count(g) == np.count_nonzero((case.label_array == g) & case.mask_array)
+    metrics = json.loads(Path(outputs["metrics"]).read_text())
+    assert metrics["raw"]["lesion"] == pytest.approx(case_metrics(
+        array(outputs["prediction"]), array(case.label), spacing_zyx(read_image(case.label)), [1])[1])
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def test_channel_count_error_says_what_the_model_takes(model, tmp_path):
+    case = write_case(tmp_path / "in", ".nii.gz")
+    with pytest.raises(InputError) as info:
+        infer_case(model, case.images[:1], tmp_path / "pred.nii.gz", device="cpu", sink=quiet())
+    message = info.value.message
+    assert "takes 2 channel(s)" in message and "'t1', 't2'" in message and "1 image(s)" in message
+    assert "t1, t2" in info.value.hint
+    assert not (tmp_path / "pred.nii.gz").exists()
+
+
+def test_geometry_mismatch_names_both_files_and_the_field(model, tmp_path):
+    case = write_case(tmp_path / "in", ".nii.gz")
+    moved = read_image(case.images[1])
+    moved.SetOrigin((0.0, 0.0, 0.0))
+    sitk.WriteImage(moved, case.images[1])
+    with pytest.raises(InputError) as info:
+        infer_case(model, case.images, tmp_path / "pred.nii.gz", device="cpu", sink=quiet())
+    message = info.value.message
+    assert "origin" in message and case.images[0] in message and case.images[1] in message
+
+
+def test_label_with_another_geometry_is_refused(model, tmp_path):
+    case = write_case(tmp_path / "in", ".nii.gz")
+    label = read_image(case.label)
+    label.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(label, case.label)
+    with pytest.raises(InputError, match="spacing"):
+        infer_case(model, case.images, tmp_path / "pred.nii.gz", label=case.label, device="cpu", sink=quiet())
+
+
+def test_unreadable_image_is_named(model, tmp_path):
+    case = write_case(tmp_path / "in", ".nii.gz")
+    Path(case.images[1]).write_bytes(b"this is not an image" * 10)
+    with pytest.raises(InputError, match="Cannot read image .*case_0001.nii.gz"):
+        infer_case(model, case.images, tmp_path / "pred.nii.gz", device="cpu", sink=quiet())
+    with pytest.raises(InputError, match="not found: .*missing.nii.gz"):
+        infer_case(model, [case.images[0], str(tmp_path / "missing.nii.gz")], tmp_path / "pred.nii.gz",
+                   device="cpu", sink=quiet())
+
+
+def test_bad_model_files_are_input_errors(tmp_path):
+    case = write_case(tmp_path / "in", ".nii.gz")
+    with pytest.raises(InputError, match="does not exist"):
+        infer_case(tmp_path / "none.pt", case.images, tmp_path / "pred.nii.gz", device="cpu", sink=quiet())
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(InputError, match="not an AsymSeg model"):
+        infer_case(other, case.images, tmp_path / "pred.nii.gz", device="cpu", sink=quiet())
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(InputError, match="cannot be read"):
+        infer_case(truncated, case.images, tmp_path / "pred.nii.gz", device="cpu", sink=quiet())
+
+
+def test_output_problems_are_reported_before_any_work(model, tmp_path):
+    case = write_case(tmp_path / "in", ".nii.gz")
+    with pytest.raises(InputError, match="unsupported extension"):
+        infer_case(model, case.images, tmp_path / "pred.png", device="cpu", sink=quiet())
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(ResourceError, match="not writable"):
+        infer_case(model, case.images, blocker / "pred.nii.gz", device="cpu", sink=quiet())
+    with pytest.raises(InputError, match="overlap"):
+        infer_case(model, case.images, tmp_path / "pred.nii.gz", overlap=1.0, device="cpu", sink=quiet())
+
+
+# ---------------------------------------------------------------------------- dataset form, evaluate
+
+
+def test_dataset_inference_then_evaluate_end_to_end(model, phantom_dataset, tmp_path):
+    sink = quiet()
+    outputs = infer_dataset(model, phantom_dataset, ["phantom_002", "phantom_003"], tmp_path / "pred",
+                            probabilities=True, device="cpu", sink=sink)
+    for case in ("phantom_002", "phantom_003"):
+        assert Path(outputs[case]).name == f"{case}.nii.gz"
+        assert_geometry = read_image(phantom_dataset / "imagesTr" / f"{case}_0000.nii.gz")
+        assert read_image(outputs[case]).GetSize() == assert_geometry.GetSize()
+    merged = LogitStatistics.load(outputs["logit_statistics"])
+    labels = [array(phantom_dataset / "labelsTr" / f"{c}.nii.gz") for c in ("phantom_002", "phantom_003")]
+    assert [merged.count(g) for g in (0, 1)] == [sum(np.count_nonzero(l == g) for l in labels) for g in (0, 1)]
+    progress = [e for e in sink.events if e["type"] == "progress" and e["phase"] == "infer"]
+    assert {(e["iteration"], e["total"], e["case"]) for e in progress} == {(1, 2, "phantom_002"), (2, 2, "phantom_003")}
+
+    evaluated = evaluate_folder(tmp_path / "pred", phantom_dataset, tmp_path / "eval", sink=quiet())
+    record = json.loads(Path(evaluated["metrics"]).read_text())
+    assert sorted(record["cases"]) == ["phantom_002", "phantom_003"]  # *_probabilities files are not cases
+    for case in ("phantom_002", "phantom_003"):
+        per_case = json.loads(Path(outputs[f"{case}_metrics"]).read_text())
+        assert record["cases"][case] == {"raw": per_case["raw"], "post": per_case["post"]}
+    batch = json.loads(Path(outputs["metrics"]).read_text())  # infer --dataset's own summary agrees
+    assert batch["cases"] == record["cases"] and batch["summary"] == record["summary"]
+    assert record["summary"]["raw"]["lesion"]["dsc"]["n"] == 2
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def _run_cli(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "AsymSegTrainer", "infer", *map(str, args), "--events",
+                           "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_emits_the_protocol_events(model, tmp_path):
+    case = write_case(tmp_path / "in", ".nrrd")
+    out = tmp_path / "out" / "prediction.nrrd"
+    done = _run_cli("--model", model, "--images", *case.images, "--out", out, "--label", case.label)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]  # every stdout line is an event
+    types = [e["type"] for e in events]
+    assert types[0] == "start" and types[-1] == "done" and set(types[1:-1]) == {"progress"}
+    start = events[0]
+    assert start["command"] == "infer" and start["device"] == "cpu" and start["output"] == str(out)
+    assert {"asymseg", "torch", "monai", "python"} <= set(start["versions"])
+    assert start["config"]["images"] == case.images and start["config"]["channels"] == ["t1", "t2"]
+    assert "infer" in {e["phase"] for e in events[1:-1]}
+    assert all(isinstance(e["time"], float) for e in events)
+    assert events[-1]["status"] == "finished" and events[-1]["exit_code"] == 0
+    outputs = events[-1]["outputs"]
+    assert set(outputs) == {"prediction", "logits", "metrics"} and all(Path(p).is_file() for p in outputs.values())
+    assert_same_geometry(outputs["prediction"], case.images[0])
+
+
+def test_cli_channel_count_error_exits_3(model, tmp_path):
+    case = write_case(tmp_path / "in", ".nii.gz")
+    done = _run_cli("--model", model, "--images", case.images[0], "--out", tmp_path / "p.nii.gz")
+    assert done.returncode == 3
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [e["type"] for e in events[-2:]] == ["error", "done"]
+    error, last = events[-2:]
+    assert error["kind"] == "input" and "takes 2 channel(s)" in error["message"] and error["hint"]
+    assert last["status"] == "failed" and last["exit_code"] == 3 and last["outputs"] == {}
+
+
+def test_a_2d_model_segments_a_volume_slice_by_slice_and_a_2d_image(tmp_path, monkeypatch):
+    from AsymSegTrainer.network import build_network, save_model
+
+    torch.manual_seed(0)
+    meta = {"class_names": ["background", "lesion"], "classes": {"background": [0], "lesion": [1]},
+            "unlisted": "error", "channels": ["t1", "t2"], "normalization": {"mode": "zscore", "window": None},
+            "target_spacing": None, "network": TINY, "spatial_dims": 2, "patch_size": [1, 16, 16]}
+    model_2d = tmp_path / "model2d.pt"
+    save_model(model_2d, build_network(TINY, 2, 2, spatial_dims=2), meta)
+    seen = []
+    original = inference.predict_logits
+    monkeypatch.setattr(inference, "predict_logits",
+                        lambda net, image, *a, **k: seen.append(image.shape) or original(net, image, *a, **k))
+    case = write_case(tmp_path / "in", ".nii.gz")
+    outputs = infer_case(model_2d, case.images, tmp_path / "vol.nii.gz", probabilities=True, device="cpu",
+                         sink=quiet())
+    assert seen == [(2, 1) + SHAPE[1:]] * SHAPE[0]  # one call per slice
+    assert_same_geometry(outputs["prediction"], case.images[0])
+    np.testing.assert_array_equal(np.argmax(probabilities(outputs["probabilities"]), 0), array(outputs["prediction"]))
+
+    slice_images = []
+    for c, path in enumerate(case.images):
+        image = read_image(path)[:, :, 4]  # a 2D image: the fifth slice
+        slice_images.append(str(tmp_path / f"slice_{c}.nrrd"))
+        sitk.WriteImage(image, slice_images[-1])
+    outputs = infer_case(model_2d, slice_images, tmp_path / "slice_pred.nrrd", device="cpu", sink=quiet())
+    written, first = read_image(outputs["prediction"]), read_image(slice_images[0])
+    assert written.GetDimension() == 2 and written.GetSize() == first.GetSize()
+    np.testing.assert_allclose(written.GetOrigin(), first.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(written.GetDirection(), first.GetDirection(), atol=1e-6)
+    assert sitk.GetArrayFromImage(written).shape == SHAPE[1:]

@@ -1,0 +1,186 @@
+"""The module file under the shim, the logic with the fake engine, job building, parameters, small parts."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer
+
+from asymseg_module_testing import MODULE_DIR, addSegmentation, addVolume, blobCase, engineAvailable
+
+from AsymSegLib.Cases import CaseInput
+from AsymSegLib.CaseStore import loadCases, saveCases
+from AsymSegLib.Dependencies import checkDependencies
+from AsymSegLib.Devices import deviceChoices, parseNvidiaSmi
+from AsymSegLib.JobSpec import TrainingSettings, buildJob, writeJob
+from AsymSegLib.Logic import AsymSegCoreLogic, modelInfo
+from AsymSegLib.ParameterNode import AsymSegParameters, fieldDefaults, settingsFromParameters
+from AsymSegLib.Presets import PRESETS, RECOMMENDED, techniqueSpec
+from AsymSegLib.Runs import RunStatus
+from AsymSegLib.SceneExport import exportCases
+from AsymSegLib.Signal import Signal
+
+FAKE = Path(__file__).resolve().parent / "fake_engine"
+
+
+def test_module_metadata_and_logic_under_the_shim(mrml):
+    module = importlib.import_module("AsymSeg")
+    parent = types.SimpleNamespace(path=str(MODULE_DIR / "AsymSeg.py"))
+    instance = module.AsymSeg(parent)
+    assert parent.title == "AsymSeg" and parent.categories == ["Segmentation"]
+    assert "Z. Li, K. Kamnitsas, B. Glocker" in parent.helpText
+    assert "Analyzing Overfitting under Class Imbalance" in parent.helpText and "10.1109/TMI.2020.3046692" in parent.helpText
+    assert "Kamnitsas" in parent.acknowledgementText
+    assert Path(instance.resourcePath("UI/AsymSeg.ui")).is_file()
+    logic = module.AsymSegLogic()
+    assert isinstance(logic, AsymSegCoreLogic)
+    assert logic.getParameterNode().IsA("vtkMRMLScriptedModuleNode")
+    python, folder = logic.enginePaths()
+    assert python == sys.executable and (folder / "AsymSegTrainer").is_dir()
+    assert issubclass(module.AsymSegTest, slicer.ScriptedLoadableModuleTest)
+
+
+def test_job_spec_from_settings(mrml, tmp_path):
+    image, label = blobCase(0)
+    volume = addVolume(image, "img")
+    cases = [CaseInput([volume], addVolume(label, "lab", labelmap=True), "train")]
+    export = exportCases(cases, ["ct"], tmp_path)
+    settings = TrainingSettings(preset="asymmetric-margin", technique={"margin": 0.5, "gamma": 9.0}, iterations=50,
+                                patchSize=(16, 32, 32), batchSize=2, learningRate=1e-3, validationInterval=100,
+                                device="cuda:1")
+    job = buildJob(export, settings)
+    assert job["technique"] == {"preset": "asymmetric-margin", "margin": 0.5}  # gamma is not the preset's
+    assert job["validation_interval"] == 50 and job["device"] == "cuda:1" and job["patch_size"] == [16, 32, 32]
+    assert job["cases"] == [{"id": "000_img", "images": ["images/000_img_0000.nrrd"], "label": "labels/000_img.nrrd",
+                             "role": "train"}]
+    assert job["classes"] == {"background": [0], "label_1": [1]} and job["rarity"]["label_1"] == 1.0
+    path = writeJob(job, tmp_path / "job.json")
+    assert json.loads(path.read_text()) == job
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    try:
+        jobspec = pytest.importorskip("AsymSegTrainer.jobspec")  # the engine's own validation accepts it
+        jobspec.load_job(path)
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        buildJob(export, TrainingSettings(patchSize=(20, 20, 20)))
+    assert not TrainingSettings(patchSize=(1, 64, 64)).problems()
+    assert TrainingSettings(patchSize=(12, 12, 12), network={"strides": [2, 2]}).problems() == []
+    with pytest.raises(ValueError, match="Margin"):
+        techniqueSpec("asymmetric-margin", {"margin": 50})
+
+
+def test_parameters_map_to_settings():
+    defaults = fieldDefaults()
+    parameters = types.SimpleNamespace(**defaults)
+    settings = settingsFromParameters(parameters, device="cpu", initialModel="")
+    assert settings.preset == RECOMMENDED and settings.patchSize == (48, 48, 48) and settings.device == "cpu"
+    assert techniqueSpec(settings.preset, settings.technique) == {"preset": "asymmetric-focal", "gamma": 2.0}
+    parameters.preset, parameters.mixupAlpha = "symmetric-mixup", 0.3
+    assert techniqueSpec(parameters.preset, settingsFromParameters(parameters).technique)["mixup_alpha"] == 0.3
+    assert set(PRESETS) >= {"vanilla", "asymmetric-combination"} and PRESETS[RECOMMENDED].recommended
+    assert "(recommended)" in PRESETS[RECOMMENDED].displayLabel()
+    assert isinstance(AsymSegParameters.iterations, int)
+
+
+def test_case_table_survives_scene_save_and_load(mrml, tmp_path):
+    image, label = blobCase(1)
+    a, b = addVolume(image, "flair"), addVolume(image, "t1")
+    annotation = addSegmentation(label, a, {1: "lesion"})
+    node = mrml.scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "AsymSeg")
+    cases = [CaseInput([a, b], annotation, "validation"), CaseInput([b, None], None, "train")]
+    saveCases(node, cases, ["FLAIR", "T1"])
+    saveCases(node, cases, ["FLAIR", "T1"])  # idempotent
+    restored, channels = loadCases(node)
+    assert channels == ["FLAIR", "T1"]
+    assert [c.images for c in restored] == [[a, b], [b, None]] and restored[0].annotation is annotation
+    assert [c.role for c in restored] == ["validation", "train"]
+    path = tmp_path / "scene.mrml"
+    mrml.scene.SetURL(str(path))
+    assert mrml.scene.Commit()
+    other = slicer.vtkMRMLScene()
+    other.SetURL(str(path))
+    assert other.Import()
+    loaded = other.GetFirstNodeByName("AsymSeg")
+    cases2, channels2 = loadCases(loaded)
+    assert channels2 == ["FLAIR", "T1"]
+    assert [[n.GetName() if n else None for n in c.images] for c in cases2] == [["flair", "t1"], ["t1", None]]
+    assert cases2[0].annotation.GetName() == annotation.GetName() and cases2[1].annotation is None
+    saveCases(node, cases[:1], ["FLAIR"])
+    assert len(loadCases(node)[0]) == 1 and node.GetNodeReference("AsymSegCase1Channel0") is None
+
+
+def test_logic_flow_with_the_fake_engine(mrml, tmp_path):
+    image, label = blobCase(3)
+    cases = []
+    for index, role in enumerate(["train", "validation"]):
+        volume = addVolume(image, f"img{index}")
+        cases.append(CaseInput([volume], addVolume(label, f"lab{index}", labelmap=True), role))
+    logic = AsymSegCoreLogic(python=sys.executable, engineDirectory=FAKE)
+    prepared = logic.prepareTraining(cases, ["ct"], TrainingSettings(iterations=4, patchSize=(16, 16, 16)),
+                                     tmp_path / "run")
+    assert (prepared.folder / "asymseg_module.json").is_file() and prepared.jobPath.is_file()
+    states = []
+    task = logic.startTraining(prepared)
+    task.stateChanged.connect(lambda s: states.append(s.fraction))
+    state = task.wait(timeout=60)
+    assert state.status is RunStatus.FINISHED and states[-1] == 1.0 and states == sorted(states)
+    results = logic.importTrainingResults(task)
+    assert results.charts is None and "no logit statistics" in results.messages[0]
+    # the fake engine's model sits in out/ with no job.json: the module's own file gives classes and channels
+    (prepared.outputFolder / "job.json").write_text(prepared.jobPath.read_text())
+    info = modelInfo(state.model)
+    assert info.classNames == ["background", "label_1"] and info.channels == ["ct"]
+    inference = logic.prepareInference(state.model, [cases[1].images[0]], tmp_path / "infer",
+                                       groundTruth=cases[1].annotation)
+    inferTask = logic.startInference(inference)
+    assert inferTask.wait(timeout=60).status is RunStatus.FINISHED
+    imported = logic.importInferenceResults(inferTask, cases[1].images[0], name="fake prediction")
+    segment = imported.segmentation.GetSegmentation().GetNthSegment(0)
+    assert segment.GetName() == "label_1"
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(imported.segmentation,
+                                                      imported.segmentation.GetSegmentation().GetNthSegmentID(0),
+                                                      cases[1].images[0])
+    np.testing.assert_array_equal(mask > 0, image > 1.5)  # the fake thresholds the image
+    assert imported.metricsTable.GetNumberOfRows() == 2
+    with pytest.raises(ValueError, match="channel"):
+        logic.prepareInference(state.model, [cases[1].images[0], cases[0].images[0]], tmp_path / "x")
+
+
+def test_signal_device_and_dependency_helpers():
+    signal, received = Signal("int"), []
+    signal.connect(received.append)
+    signal.connect(received.append)  # once only
+    signal.connect(lambda value: 1 / 0)  # a broken listener does not stop the others
+    signal.emit(3)
+    assert received == [3] and len(signal) == 2
+    signal.disconnect(received.append)
+    signal.emit(4)
+    assert received == [3]
+    gpus = parseNvidiaSmi("0, NVIDIA H200, 143771\n1, NVIDIA A100-SXM4-40GB, 40960\nNo devices were found\n")
+    assert [(g.index, g.name, g.memoryMiB) for g in gpus] == [(0, "NVIDIA H200", 143771),
+                                                              (1, "NVIDIA A100-SXM4-40GB", 40960)]
+    choices = deviceChoices(gpus)
+    assert [value for _, value in choices] == ["auto", "cpu", "cuda:0", "cuda:1"]
+    assert "140 GiB" in choices[2][0]
+    status = checkDependencies()
+    assert not status.torchMissing and status.ok  # this test machine has the engine's packages
+
+
+AVAILABLE, REASON = engineAvailable()
+
+
+@pytest.mark.skipif(not AVAILABLE, reason=REASON)
+def test_the_slicer_self_test_runs_here(mrml):
+    """AsymSegTest (the ScriptedLoadableModuleTest Slicer's CI runs) passes under slicer-core with the real engine."""
+    module = importlib.import_module("AsymSeg")
+    test = module.AsymSegTest()
+    test.python = sys.executable
+    test.runTest()
+    assert test.results["imported"].segmentation is not None
