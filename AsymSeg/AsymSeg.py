@@ -143,7 +143,10 @@ class AsymSegTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        self.test_AsymSeg_TrainApplyImport()
+        try:
+            self.test_AsymSeg_TrainApplyImport()
+        finally:
+            self.doCleanups()  # Slicer calls runTest() directly, outside unittest's run()
 
     # -------------------------------------------------------------- helpers
 
@@ -183,6 +186,7 @@ class AsymSegTest(ScriptedLoadableModuleTest):
     # -------------------------------------------------------------- the test
 
     def test_AsymSeg_TrainApplyImport(self):
+        import shutil
         import tempfile
 
         import numpy as np
@@ -206,6 +210,7 @@ class AsymSegTest(ScriptedLoadableModuleTest):
                                     learningRate=1e-3, validationInterval=2, device="cpu",
                                     network={"name": "unet", "channels": [4, 8], "strides": [2], "num_res_units": 1})
         folder = tempfile.mkdtemp(prefix="AsymSegTest_")
+        self.addCleanup(shutil.rmtree, folder, ignore_errors=True)
 
         self.delayDisplay("Exporting and training (3 iterations on the CPU)")
         prepared = logic.prepareTraining(cases, ["image"], settings, os.path.join(folder, "run"))

@@ -17,7 +17,11 @@ One run = (method, fold, seed), in ``OUT/runs/<method>/fold<f>_seed<s>/``:
   ``_metrics.json``) of the training cases and of the test cases, made by the same model on
   the same (input) grid, so training-vs-unseen logit statistics compare voxel for voxel;
 - ``logits_train.json`` / ``logits_test.json``: the merged logit statistics;
-- ``run.json``: written atomically last: the run is finished when it exists.
+- the same with the suffix ``_last`` for the last checkpoint when validation chose an earlier
+  one: every run is evaluated with the checkpoint chosen on its validation case (the headline
+  ``raw`` / ``post`` numbers) and with the model at the end of training (``last``);
+- ``run.json``: written atomically last: the run is finished when it exists (a ``run.json``
+  without the ``last`` block, from an older version, gets it on the next invocation).
 
 Resume and parallel safety: a run is claimed by creating ``claim.json`` with
 ``O_CREAT | O_EXCL``; runs that are finished are skipped, runs claimed by a live process are
@@ -36,7 +40,6 @@ import os
 import platform
 import shlex
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,17 +62,19 @@ SPLIT_SEED = 0
 METRIC_KEYS = ("dsc", "sensitivity", "precision", "hd95")
 VARIANTS = {"raw": "without post-processing", "post": "largest connected component per class"}
 RUN_FILE, CLAIM_FILE = "run.json", "claim.json"
+LAST_SUFFIX = "_last"  # outputs of the last checkpoint: predictions_last/, logits_test_last.json, ...
 
-# Relative cost of one iteration (forward + backward passes), for the ETA only.
-COST = {"adversarial": 2.5, "mixup": 1.8, "both": 3.5}
+# Relative cost of one iteration, for the ETA only (benchmarks/engine_benchmark.py, 2-core CPU).
+COST = {"adversarial": 2.7, "mixup": 2.0, "both": 3.6}
 
 DEFAULTS = {"batch_size": 4, "patch_size": [48, 48, 48], "learning_rate": 1e-3, "overlap": 0.5}
 """Bench defaults where they differ from a job's: learning rate 1e-3 (the paper's BRATS rate;
 short budgets need it)."""
 
 QUICK = {"network": {"name": "unet", "channels": [4, 8], "strides": [2], "num_res_units": 1},
-         "patch_size": [16, 16, 16], "batch_size": 2, "max_iterations": 5}
-"""``--quick``: a tiny network, small patches, at most 5 iterations per run (a smoke run)."""
+         "patch_size": [16, 16, 16], "batch_size": 2, "max_iterations": 5, "max_voxels_per_axis": 48}
+"""``--quick``: a tiny network, small patches, at most 5 iterations per run and, unless
+``--target-spacing`` is given, images resampled to at most ~48 voxels per axis (a smoke run)."""
 
 
 # ---------------------------------------------------------------------------- splits
@@ -143,6 +148,8 @@ def bench_settings(args) -> dict:
         iterations = min(iterations, QUICK["max_iterations"])
     patch = _opt(args, "patch_size", QUICK["patch_size"] if quick else DEFAULTS["patch_size"])
     spacing = _opt(args, "target_spacing")
+    if quick and spacing is None:
+        spacing = _quick_spacing(Path(args.dataset))
     network = _opt(args, "network", QUICK["network"] if quick else None)
     if isinstance(network, str):
         network = json.loads(network)
@@ -165,6 +172,20 @@ def bench_settings(args) -> dict:
         "validation_interval": max(1, iterations // 5),
         "overlap": float(_opt(args, "overlap", DEFAULTS["overlap"])),
     }
+
+
+def _quick_spacing(dataset: Path) -> Optional[List[float]]:
+    """--quick without --target-spacing: an isotropic spacing giving at most ~48 voxels per axis
+    (None when the images are that small already), so a smoke run on full-size scans stays quick."""
+    import SimpleITK as sitk
+
+    _, specs = read_nnunet_dataset(dataset)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(specs[0].images[0]))
+    reader.ReadImageInformation()
+    extent = [n * s for n, s in zip(reader.GetSize(), reader.GetSpacing())]
+    spacing = round(max(extent) / QUICK["max_voxels_per_axis"], 1)
+    return [spacing] * 3 if spacing > max(reader.GetSpacing()) else None
 
 
 def command_line(args) -> str:
@@ -263,6 +284,16 @@ def _claim(folder: Path) -> bool:
     return False
 
 
+def _finished(run: Run) -> bool:
+    """run.json exists and holds the last checkpoint's block (runs of older versions lack it)."""
+    try:
+        return "last" in _read_json(run.folder / RUN_FILE)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):  # unreadable: treat as not finished; it will be redone
+        return False
+
+
 def _release(folder: Path) -> None:
     (folder / CLAIM_FILE).unlink(missing_ok=True)
 
@@ -273,21 +304,66 @@ def _read_json(path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def _run_one(run: Run, settings: dict, device: str, sink: EventSink, out: Path) -> dict:
-    from .inference import infer_specs, load_predictor, merge_logit_statistics
+def _job(run: Run, settings: dict, device: str):
     from .jobspec import job_from_dataset, job_from_dict
-    from .training import Trainer
 
-    split, folder = run.split, run.folder
-    started = time.perf_counter()
+    split = run.split
     spec = job_from_dataset(
         settings["dataset"], settings["classes"], split["train"], split["validation"], split["test"],
-        technique=run.method, output=str(folder / "train"), iterations=settings["iterations"],
+        technique=run.method, output=str(run.folder / "train"), iterations=settings["iterations"],
         batch_size=settings["batch_size"], patch_size=settings["patch_size"],
         target_spacing=settings["target_spacing"], network=settings["network"],
         learning_rate=settings["learning_rate"], optimizer=settings["optimizer"],
         validation_interval=settings["validation_interval"], seed=run.seed, device=device, logit_statistics=False)
-    job = job_from_dict(spec, folder)
+    return job_from_dict(spec, run.folder)
+
+
+def _evaluate(run: Run, job, model: Path, settings: dict, device: str, sink: EventSink, suffix: str = "") -> dict:
+    """Segment the training and the test cases with ``model``: metrics and logit statistics (one block)."""
+    from .inference import infer_specs, load_predictor, merge_logit_statistics
+
+    folder, split = run.folder, run.split
+    predictor = load_predictor(model, device)
+    overlap = settings["overlap"]
+    train_out = infer_specs(predictor, job.cases_with_role("train"), folder / f"training_cases{suffix}",
+                            overlap=overlap, sink=sink)
+    test_out = infer_specs(predictor, job.cases_with_role("test"), folder / f"predictions{suffix}", overlap=overlap,
+                           sink=sink)
+    train_stats = merge_logit_statistics([o["logits"] for o in train_out.values()],
+                                         {"grouped_by": "reference", "cases": split["train"], "run": run.name})
+    test_stats = merge_logit_statistics([o["logits"] for o in test_out.values()],
+                                        {"grouped_by": "reference", "cases": split["test"], "run": run.name})
+    train_stats.save(folder / f"logits_train{suffix}.json")
+    test_stats.save(folder / f"logits_test{suffix}.json")
+
+    def per_variant(outputs):
+        records = {case: _read_json(files["metrics"]) for case, files in outputs.items()}
+        return {variant: {case: r[variant] for case, r in records.items()} for variant in VARIANTS}
+
+    test_metrics = per_variant(test_out)
+    names = predictor.class_names
+    return {"model": str(model), "model_iteration": _model_iteration(model),
+            "raw": test_metrics["raw"], "post": test_metrics["post"], "training_cases": per_variant(train_out),
+            "logit_shift": logit_shift(train_stats, test_stats),
+            "logit_means": {side: {g: {c: stats.mean(g, c) for c in names} for g in names}
+                            for side, stats in (("train", train_stats), ("test", test_stats))}}
+
+
+def _last_block(run: Run, job, selected: dict, settings: dict, device: str, sink: EventSink) -> dict:
+    """The block of the last checkpoint (end of training): the selected one's when they are the same model."""
+    last = job.output / "model_last.pt"
+    if selected["model_iteration"] == _model_iteration(last):
+        keys = ("model_iteration", "raw", "post", "training_cases", "logit_shift", "logit_means")
+        return {"model": str(last), "same_as_selected": True, **{k: selected[k] for k in keys}}
+    return {**_evaluate(run, job, last, settings, device, sink, LAST_SUFFIX), "same_as_selected": False}
+
+
+def _run_one(run: Run, settings: dict, device: str, sink: EventSink, out: Path) -> dict:
+    from .training import Trainer
+
+    split, folder = run.split, run.folder
+    started = time.perf_counter()
+    job = _job(run, settings, device)
     resume = (job.output / "model_last.pt").exists()  # a run whose process died: continue its training
     if resume:
         sink.log(f"{run.name}: continuing the training left by an earlier process")
@@ -299,38 +375,29 @@ def _run_one(run: Run, settings: dict, device: str, sink: EventSink, out: Path) 
     train_seconds = time.perf_counter() - started
     model = job.output / "model_best.pt"
     model = model if model.exists() else job.output / "model_last.pt"
-    predictor = load_predictor(model, device)
-    overlap = settings["overlap"]
-    train_out = infer_specs(predictor, job.cases_with_role("train"), folder / "training_cases", overlap=overlap,
-                            sink=sink)
-    test_out = infer_specs(predictor, job.cases_with_role("test"), folder / "predictions", overlap=overlap, sink=sink)
-    train_stats = merge_logit_statistics([o["logits"] for o in train_out.values()],
-                                         {"grouped_by": "reference", "cases": split["train"], "run": run.name})
-    test_stats = merge_logit_statistics([o["logits"] for o in test_out.values()],
-                                        {"grouped_by": "reference", "cases": split["test"], "run": run.name})
-    train_stats.save(folder / "logits_train.json")
-    test_stats.save(folder / "logits_test.json")
-
-    def per_variant(outputs):
-        records = {case: _read_json(files["metrics"]) for case, files in outputs.items()}
-        return {variant: {case: r[variant] for case, r in records.items()} for variant in VARIANTS}
-
-    test_metrics, train_metrics = per_variant(test_out), per_variant(train_out)
-    names = predictor.class_names
+    selected = _evaluate(run, job, model, settings, device, sink)
     record = {
         "format": BENCH_FORMAT, "version": BENCH_VERSION,
         "method": run.method, "fold": run.fold, "seed": run.seed,
         "train_cases": split["train"], "validation_cases": split["validation"], "test_cases": split["test"],
-        "raw": test_metrics["raw"], "post": test_metrics["post"],
-        "training_cases": train_metrics,
-        "logit_shift": logit_shift(train_stats, test_stats),
-        "logit_means": {side: {g: {c: stats.mean(g, c) for c in names} for g in names}
-                        for side, stats in (("train", train_stats), ("test", test_stats))},
-        "model": str(model), "model_iteration": _model_iteration(model),
+        **selected,
+        "last": _last_block(run, job, selected, settings, device, sink),
         "seconds": {"train": round(train_seconds, 1), "total": round(time.perf_counter() - started, 1)},
-        "finished": time.time(), "settings": settings, "device": str(predictor.device),
+        "finished": time.time(), "settings": settings, "device": device,
     }
     write_json(folder / RUN_FILE, record)
+    return record
+
+
+def _add_last(run: Run, settings: dict, device: str, sink: EventSink) -> dict:
+    """Complete a run finished by an older AsymSeg (no ``last`` block): evaluate its last checkpoint."""
+    record = _read_json(run.folder / RUN_FILE)
+    started = time.perf_counter()
+    job = _job(run, settings, device)
+    record["last"] = _last_block(run, job, record, settings, device, sink)
+    record["seconds"]["last"] = round(time.perf_counter() - started, 1)
+    record["seconds"]["total"] = round(record["seconds"]["total"] + record["seconds"]["last"], 1)
+    write_json(run.folder / RUN_FILE, record)
     return record
 
 
@@ -377,9 +444,7 @@ def _plain(s: dict) -> dict:
 
 def aggregate(out: Path, settings: dict, methods: Sequence[str], runs: Sequence[Run], command: str,
               wall_seconds: Optional[float] = None) -> Dict[str, str]:
-    """Rebuild OUT/results.json, OUT/report.md and OUT/logits_<method>.png from the finished runs."""
-    from .plotting import plot_logit_histograms
-
+    """Rebuild OUT/results.json, OUT/report.md and OUT/logits_<method>[_last].png from the finished runs."""
     out = Path(out)
     lock = open(out / ".aggregate.lock", "a")
     try:
@@ -392,57 +457,85 @@ def aggregate(out: Path, settings: dict, methods: Sequence[str], runs: Sequence[
             else:
                 missing.append(run.name)
         names = settings["class_names"]
-        foreground = names[1:]
-        summary, per_class, shift, figures, means = {}, {}, {}, {}, {}
+        blocks = {"": lambda r: r, LAST_SUFFIX: lambda r: r.get("last")}
+        summary, figures = {"": {}, LAST_SUFFIX: {}}, {"": {}, LAST_SUFFIX: {}}
+        shift, means, per_class = {"": {}, LAST_SUFFIX: {}}, {"": {}, LAST_SUFFIX: {}}, {}
         for method in methods:
             mine = [r for r in records if r["method"] == method]
-            if not mine:
-                continue
-            summary[method] = {v: _pooled_summary(mine, v, foreground) for v in VARIANTS}
-            summary[method]["runs"] = len(mine)
-            summary[method]["training_cases"] = {v: _pooled_summary([{v: r["training_cases"][v]} for r in mine], v,
-                                                                    foreground) for v in VARIANTS}
-            per_class[method] = {name: {v: _pooled_summary(mine, v, [name]) for v in VARIANTS} for name in foreground}
-            train_stats = test_stats = None
-            for r in mine:
-                folder = out / "runs" / r["method"] / f"fold{r['fold']}_seed{r['seed']}"
-                a, b = LogitStatistics.load(folder / "logits_train.json"), LogitStatistics.load(folder / "logits_test.json")
-                train_stats = a if train_stats is None else train_stats.merge(a)
-                test_stats = b if test_stats is None else test_stats.merge(b)
-            shift[method] = logit_shift(train_stats, test_stats)
-            means[method] = {side: {g: {c: s.mean(g, c) for c in names} for g in names}
-                             for side, s in (("train", train_stats), ("test", test_stats))}
-            n_train = len({c for r in mine for c in r["train_cases"]})
-            n_test = len({c for r in mine for c in r["test_cases"]})
-            png = plot_logit_histograms(
-                train_stats, test_stats, out / f"logits_{method}.png",
-                title=f"{method}: logits on training vs unseen cases ({len(mine)} run(s), "
-                      f"{settings['iterations']} iterations)",
-                train_label=f"training cases ({n_train} distinct)", unseen_label=f"unseen cases ({n_test} distinct)")
-            figures[method] = png.name
+            for suffix, block in blocks.items():
+                chosen = [(r, block(r)) for r in mine if block(r) is not None]
+                if not chosen:
+                    continue
+                result = _checkpoint_summary(out, method, chosen, names, settings, suffix)
+                summary[suffix][method], shift[suffix][method], means[suffix][method], figures[suffix][method] = result
+                if not suffix:
+                    per_class[method] = {name: {v: _pooled_summary([b for _, b in chosen], v, [name])
+                                                for v in VARIANTS} for name in names[1:]}
+        missing += [f"{r['method']}/fold{r['fold']}_seed{r['seed']} (last checkpoint)" for r in records
+                    if "last" not in r]
         results = {
             "format": BENCH_FORMAT, "version": BENCH_VERSION, "command": command, "settings": settings,
             "methods": list(methods), "complete": not missing, "missing_runs": missing,
-            "folds": _folds_of(runs), "hardware": hardware(settings), "versions": versions(),
+            "folds": _folds_of(runs), "hardware": hardware(), "versions": versions(),
             "seconds": {"runs_total": round(sum(r["seconds"]["total"] for r in records), 1),
                         "this_invocation": None if wall_seconds is None else round(wall_seconds, 1),
                         "span": _span(out, records)},
             "runs": [_run_entry(r) for r in records],
-            "summary": summary, "summary_per_class": per_class, "logit_shift": shift, "logit_means": means,
-            "figures": figures,
+            "summary": summary[""], "summary_per_class": per_class, "logit_shift": shift[""],
+            "logit_means": means[""], "figures": figures[""],
+            "summary_last": summary[LAST_SUFFIX], "logit_shift_last": shift[LAST_SUFFIX],
+            "logit_means_last": means[LAST_SUFFIX], "figures_last": figures[LAST_SUFFIX],
         }
         outputs = {"results": str(write_json(out / "results.json", results))}
         outputs["report"] = str(write_text(out / "report.md", report_markdown(results)))
-        outputs.update({f"logits_{m}": str(out / f) for m, f in figures.items()})
+        for suffix in blocks:
+            outputs.update({f"logits_{m}{suffix}": str(out / f) for m, f in figures[suffix].items()})
         return outputs
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
 
 
+def _checkpoint_summary(out: Path, method: str, chosen: List[tuple], names: List[str], settings: dict,
+                        suffix: str) -> tuple:
+    """(summary, dz, logit means, figure name) of one method's runs for one checkpoint (selected or last).
+
+    ``chosen``: (run record, block) pairs; a block holds raw/post/training_cases/model_iteration.
+    Logit statistics of all runs' training cases are merged against all runs' test cases.
+    """
+    from .plotting import plot_logit_histograms
+
+    foreground = names[1:]
+    blocks = [b for _, b in chosen]
+    summary = {v: _pooled_summary(blocks, v, foreground) for v in VARIANTS}
+    summary["runs"] = len(blocks)
+    summary["model_iterations"] = [b.get("model_iteration") for b in blocks]
+    summary["training_cases"] = {v: _pooled_summary([{v: b["training_cases"][v]} for b in blocks], v, foreground)
+                                 for v in VARIANTS}
+    train_stats = test_stats = None
+    for r, b in chosen:
+        folder = out / "runs" / r["method"] / f"fold{r['fold']}_seed{r['seed']}"
+        own = "" if b.get("same_as_selected") else suffix
+        a = LogitStatistics.load(folder / f"logits_train{own}.json")
+        t = LogitStatistics.load(folder / f"logits_test{own}.json")
+        train_stats = a if train_stats is None else train_stats.merge(a)
+        test_stats = t if test_stats is None else test_stats.merge(t)
+    means = {side: {g: {c: st.mean(g, c) for c in names} for g in names}
+             for side, st in (("train", train_stats), ("test", test_stats))}
+    n_train = len({c for r, _ in chosen for c in r["train_cases"]})
+    n_test = len({c for r, _ in chosen for c in r["test_cases"]})
+    which = (f"last checkpoint (iteration {settings['iterations']})" if suffix
+             else "checkpoint chosen on the validation case")
+    png = plot_logit_histograms(
+        train_stats, test_stats, out / f"logits_{method}{suffix}.png",
+        title=f"{method}, {which}: training vs unseen cases ({len(blocks)} run(s))",
+        train_label=f"training cases ({n_train} distinct)", unseen_label=f"unseen cases ({n_test} distinct)")
+    return summary, logit_shift(train_stats, test_stats), means, png.name
+
+
 def _run_entry(r: dict) -> dict:
     keys = ("method", "fold", "seed", "train_cases", "validation_cases", "test_cases", "raw", "post", "logit_shift",
-            "logit_means", "training_cases", "model_iteration", "seconds")
+            "logit_means", "training_cases", "model_iteration", "last", "seconds")
     return {k: r.get(k) for k in keys}
 
 
@@ -461,7 +554,8 @@ def _span(out: Path, records: List[dict]) -> Optional[float]:
     return round(max(r["finished"] for r in records) - created, 1) if records else None
 
 
-def hardware(settings: Optional[dict] = None) -> dict:
+def hardware() -> dict:
+    """The machine, for the report: CPU, cores, memory, GPU, torch threads."""
     import torch
     info = {"machine": platform.machine(), "processor": platform.processor() or None, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
@@ -501,9 +595,12 @@ def _signed(value: Optional[float], scale: float = 1.0, digits: int = 1) -> str:
     return "–" if value is None else f"{scale * value:+.{digits}f}"
 
 
-def table_ii(results: dict, variant: str) -> str:
-    """Markdown in the layout of the paper's Table II: one row per method, mean ± std over runs x test cases."""
-    summary = results["summary"]
+def table_ii(results: dict, variant: str, key: str = "summary") -> str:
+    """Markdown in the layout of the paper's Table II: one row per method, mean ± std over runs x test cases.
+
+    ``key``: ``summary`` (checkpoint chosen on the validation case) or ``summary_last`` (end of training).
+    """
+    summary = results[key]
     base = summary.get("vanilla", {}).get(variant)
     lines = ["| Method | runs | DSC (%) | SEN (%) | PRC (%) | HD95 (mm) | ΔDSC | ΔSEN | ΔPRC |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -512,26 +609,36 @@ def table_ii(results: dict, variant: str) -> str:
             lines.append(f"| {method} | 0 | – | – | – | – | – | – | – |")
             continue
         s = summary[method][variant]
-        deltas = ["(reference)", "", ""] if method == "vanilla" else [("–" if base is None or s[k]["mean"] is None or base[k]["mean"] is None
-                   else _signed(s[k]["mean"] - base[k]["mean"], 100)) for k in ("dsc", "sensitivity", "precision")]
+        if method == "vanilla":
+            deltas = ["(reference)", "", ""]
+        else:
+            deltas = ["–" if base is None or s[k]["mean"] is None or base[k]["mean"] is None
+                      else _signed(s[k]["mean"] - base[k]["mean"], 100) for k in ("dsc", "sensitivity", "precision")]
         lines.append(f"| {method} | {summary[method]['runs']} | {_pct(s['dsc'])} | {_pct(s['sensitivity'])} | "
                      f"{_pct(s['precision'])} | {_mm(s['hd95'])} | " + " | ".join(deltas) + " |")
     return "\n".join(lines) + "\n"
 
 
-def logit_table(results: dict) -> str:
-    """Per method and class g: mean of z_g on voxels of g, training vs unseen, and dz."""
+def logit_table(results: dict, suffix: str = "") -> str:
+    """Per method and class g: mean of z_g on voxels of g, training vs unseen, their difference and dz.
+
+    ``suffix``: "" (chosen checkpoint) or "_last". dz = |mean unseen| - |mean train| (METHOD.md §1)
+    understates a mean that crosses zero, hence the signed difference beside it.
+    """
     names = results["settings"]["class_names"]
-    head = "| Method | " + " | ".join(f"z[{g}] on {g}: train | unseen | dz[{g}]" for g in names) + " |"
-    lines = [head, "|---|" + "---:|" * (3 * len(names))]
+    shift, means = results["logit_shift" + suffix], results["logit_means" + suffix]
+    head = "| Method | " + " | ".join(f"z[{g}] on {g}: train | unseen | unseen − train | dz[{g}]" for g in names) + " |"
+    lines = [head, "|---|" + "---:|" * (4 * len(names))]
     for method in results["methods"]:
-        if method not in results["logit_shift"]:
+        if method not in shift:
             continue
         cells = []
         for g in names:
-            m = results["logit_means"][method]
-            cells += [_signed(m["train"][g][g], digits=2), _signed(m["test"][g][g], digits=2),
-                      _signed(results["logit_shift"][method][g][g], digits=2)]
+            m = means[method]
+            before, after = m["train"][g][g], m["test"][g][g]
+            cells += [_signed(before, digits=2), _signed(after, digits=2),
+                      _signed(None if before is None or after is None else after - before, digits=2),
+                      _signed(shift[method][g][g], digits=2)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -554,20 +661,61 @@ def per_fold_table(results: dict, variant: str = "post") -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_table(results: dict, variant: str = "post", last: bool = False) -> str:
+    """Differences to vanilla paired by (fold, seed, test case): mean ± std and how often the method is higher.
+
+    Cases differ far more from each other than methods do, so the pairs say more than the
+    difference of two means with their large standard deviations.
+    """
+    foreground = results["settings"]["class_names"][1:]
+    block = (lambda r: r.get("last")) if last else (lambda r: r)
+    base = {(r["fold"], r["seed"]): block(r) for r in results["runs"] if r["method"] == "vanilla" and block(r)}
+    if not base:
+        return "(no vanilla runs to pair with)\n"
+    keys = ("dsc", "sensitivity", "precision")
+    lines = ["| Method | pairs | ΔDSC | ΔSEN | ΔPRC | DSC higher | SEN higher |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for method in results["methods"]:
+        if method == "vanilla":
+            continue
+        diffs = {k: [] for k in keys}
+        for r in results["runs"]:
+            b = base.get((r["fold"], r["seed"]))
+            if r["method"] != method or b is None or block(r) is None:
+                continue
+            for case, per_class in block(r)[variant].items():
+                for name in foreground:
+                    for k in keys:
+                        mine, theirs = per_class[name][k], b[variant][case][name][k]
+                        if mine is not None and theirs is not None:
+                            diffs[k].append(mine - theirs)
+        if not diffs["dsc"]:
+            continue
+        cells = []
+        for k in keys:
+            st = summarize(diffs[k])
+            cells.append("–" if st["mean"] is None else f"{100 * st['mean']:+.1f} ± {100 * st['std']:.1f}")
+        wins = [f"{sum(d > 0 for d in diffs[k])}/{len(diffs[k])}" for k in ("dsc", "sensitivity")]
+        lines.append(f"| {method} | {len(diffs['dsc'])} | " + " | ".join(cells + wins) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _pct1(s: dict) -> str:
     return "–" if s["mean"] is None else f"{100 * s['mean']:.1f}"
 
 
 def training_table(results: dict) -> str:
-    """DSC / SEN on the training cases vs the unseen cases (post-processed): the generalisation gap."""
-    lines = ["| Method | training DSC | unseen DSC | training SEN | unseen SEN |", "|---|---:|---:|---:|---:|"]
+    """DSC / SEN on the training cases vs the unseen cases (post-processed), for both checkpoints."""
+    lines = ["| Method | checkpoint (iterations) | training DSC | unseen DSC | training SEN | unseen SEN |",
+             "|---|---|---:|---:|---:|---:|"]
     for method in results["methods"]:
-        s = results["summary"].get(method)
-        if not s:
-            continue
-        t, u = s["training_cases"]["post"], s["post"]
-        lines.append(f"| {method} | {_pct(t['dsc'])} | {_pct(u['dsc'])} | {_pct(t['sensitivity'])} | "
-                     f"{_pct(u['sensitivity'])} |")
+        for key, label in (("summary", "chosen"), ("summary_last", "last")):
+            s = results[key].get(method)
+            if not s:
+                continue
+            t, u = s["training_cases"]["post"], s["post"]
+            its = ", ".join(str(i) for i in s["model_iterations"])
+            lines.append(f"| {method} | {label} ({its}) | {_pct(t['dsc'])} | {_pct(u['dsc'])} | "
+                         f"{_pct(t['sensitivity'])} | {_pct(u['sensitivity'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -582,7 +730,8 @@ def report_markdown(results: dict) -> str:
     status = "complete" if results["complete"] else \
         f"**incomplete**: {len(results['missing_runs'])} run(s) missing ({', '.join(results['missing_runs'][:8])}" \
         + (" ..." if len(results["missing_runs"]) > 8 else "") + ")"
-    figures = "\n".join(f"![{m}]({f})" for m, f in results["figures"].items())
+    figures = "\n".join(f"![{m}]({f}) ![{m}, last checkpoint]({results['figures_last'].get(m, '')})"
+                        if m in results["figures_last"] else f"![{m}]({f})" for m, f in results["figures"].items())
     return f"""# AsymSeg benchmark: {Path(s['dataset']).name}
 
 Protocol of Li, Kamnitsas, Glocker (IEEE TMI 2020), METHOD.md §5/§6: {s['train_size']} training case(s)
@@ -590,16 +739,41 @@ per fold, a validation case for checkpoint choice (never a test case of its fold
 unseen; class(es) `{foreground}`. Mean ± std over runs × unseen cases; percentages. {n_runs} run(s),
 {status}.
 
+Two checkpoints of every run are evaluated: the one **chosen on the validation case** (best
+validation DSC, checked every {s['validation_interval']} iterations) and the **last** one (end of
+training, {s['iterations']} iterations, no choice at all).
+
 ## Unseen cases, post-processed (largest connected component; the paper's headline numbers)
 
+Checkpoint chosen on the validation case:
+
 {table_ii(results, 'post')}
+Last checkpoint:
+
+{table_ii(results, 'post', 'summary_last')}
 ## Unseen cases, raw (without post-processing)
 
+Checkpoint chosen on the validation case:
+
 {table_ii(results, 'raw')}
+Last checkpoint:
+
+{table_ii(results, 'raw', 'summary_last')}
 Δ: difference of the means to `vanilla` in percentage points. HD95 is undefined for an empty
 prediction; a count (n/N) says when a mean covers fewer than all cases.
 
-## Per fold (post-processed, mean over seeds × unseen cases)
+## Paired with vanilla (same fold, seed and unseen case; post-processed)
+
+Mean ± std of the per-case differences to `vanilla` (percentage points) and how many of the
+pairs the method scores higher on.
+
+Checkpoint chosen on the validation case:
+
+{paired_table(results)}
+Last checkpoint:
+
+{paired_table(results, last=True)}
+## Per fold (chosen checkpoint, post-processed, mean over seeds × unseen cases)
 
 {per_fold_table(results)}
 ## Training cases vs unseen cases (post-processed)
@@ -608,10 +782,17 @@ prediction; a count (n/N) says when a mean covers fewer than all cases.
 ## Logit shift (METHOD.md §1)
 
 Mean logit z[g] over the voxels of true class g, pooled over all runs' training cases and all
-runs' unseen cases (inside the ROI mask when the dataset has one), and dz = |mean unseen| −
-|mean train| (negative: the logit moved towards the decision boundary on unseen cases).
+runs' unseen cases (inside the ROI mask when the dataset has one), their difference, and
+dz = |mean unseen| − |mean train| (negative: the logit moved towards z = 0 on unseen cases; a
+mean that crosses zero makes dz small although the logit moved a lot: read the difference too).
+With softmax the decision is the largest logit, so z = 0 is the boundary only approximately.
+
+Checkpoint chosen on the validation case:
 
 {logit_table(results)}
+Last checkpoint:
+
+{logit_table(results, '_last')}
 {figures}
 
 ## Settings
@@ -685,14 +866,22 @@ def run_bench(args, sink: Optional[EventSink] = None) -> Dict[str, str]:
                  f"{settings['patch_size']}: a smoke test, not a result.")
     done_cost, spent, cancelled = 0.0, 0.0, False
     for i, run in enumerate(runs, 1):
-        if (run.folder / RUN_FILE).exists():
+        if _finished(run):
             sink.log(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped")
             continue
         if not _claim(run.folder):
             sink.log(f"[{i}/{len(runs)}] {run.name}: claimed by another live process, skipped")
             continue
-        if (run.folder / RUN_FILE).exists():  # finished between our check and our claim
+        if _finished(run):  # finished between our check and our claim
             _release(run.folder)
+            continue
+        if (run.folder / RUN_FILE).exists():  # finished by an older AsymSeg: only the last checkpoint is missing
+            sink.log(f"[{i}/{len(runs)}] {run.name}: evaluating its last checkpoint (missing)")
+            try:
+                _add_last(run, settings, device, sink)
+            finally:
+                _release(run.folder)
+                sink.attach(out)
             continue
         split = run.split
         sink.log(f"[{i}/{len(runs)}] {run.name}: start (train {', '.join(split['train'])}; "
@@ -737,7 +926,7 @@ def _eta(spent: float, done_cost: float, remaining: Sequence[Run]) -> Optional[f
     """
     if done_cost <= 0:
         return None
-    todo = [r for r in remaining if not (r.folder / RUN_FILE).exists()]
+    todo = [r for r in remaining if not _finished(r)]
     workers = 1 + sum(1 for r in todo if (r.folder / CLAIM_FILE).exists() and _claim_owner(r.folder) != os.getpid())
     return round(sum(_cost(r.method) for r in todo) * spent / done_cost / workers, 1)
 

@@ -71,7 +71,8 @@ def test_folds_refuse_a_split_without_test_cases():
 # ---------------------------------------------------------------------------- end to end
 
 def test_quick_bench_writes_results_report_and_figures(quick_bench):
-    for name in ("results.json", "report.md", "bench.json", "logits_vanilla.png", "logits_asymmetric-focal.png"):
+    for name in ("results.json", "report.md", "bench.json", "logits_vanilla.png", "logits_asymmetric-focal.png",
+                 "logits_vanilla_last.png"):
         assert (quick_bench / name).is_file(), name
     for method in METHODS:
         for fold in range(FOLDS):
@@ -141,6 +142,21 @@ def test_a_second_invocation_skips_finished_runs(quick_bench, phantom_dataset, c
     assert "results" in events[-1]["outputs"]
 
 
+def test_a_run_of_an_older_version_gets_its_last_checkpoint_evaluated(quick_bench, phantom_dataset, capsys):
+    path = quick_bench / "runs" / "vanilla" / "fold1_seed0" / "run.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    assert record["last"]["model_iteration"] == 3 and {"raw", "post", "logit_shift"} <= set(record["last"])
+    del record["last"]
+    path.write_text(json.dumps(record), encoding="utf-8")
+    capsys.readouterr()
+    assert main(_argv(phantom_dataset, quick_bench, "--events")) == 0
+    events = _events(capsys)
+    assert not [e for e in events if e["type"] == "start" and e["command"] == "train"]
+    assert "last" in json.loads(path.read_text(encoding="utf-8"))
+    results = json.loads((quick_bench / "results.json").read_text(encoding="utf-8"))
+    assert results["complete"] and set(results["summary_last"]) == set(METHODS)
+
+
 def test_extending_methods_runs_only_the_new_ones(quick_bench, phantom_dataset, capsys):
     capsys.readouterr()
     assert main(_argv(phantom_dataset, quick_bench, "--events", methods=METHODS + ["asymmetric-margin"])) == 0
@@ -198,3 +214,8 @@ def test_two_processes_share_one_out_folder(phantom_dataset, tmp_path):
     assert sorted(trained) == sorted(set(trained))  # no run trained twice
     assert len(trained) == 4
     assert json.loads((out / "results.json").read_text(encoding="utf-8"))["complete"] is True
+
+
+def test_quick_keeps_small_images_and_coarsens_large_ones(phantom_dataset, brats):
+    assert bench._quick_spacing(phantom_dataset) is None  # 24^3 phantoms: already small
+    assert bench._quick_spacing(brats) == [5.0, 5.0, 5.0]  # 240 mm / 48 voxels
