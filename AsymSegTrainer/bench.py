@@ -49,7 +49,7 @@ import numpy as np
 
 from .data import ClassMap, read_nnunet_dataset
 from .errors import InputError
-from .evaluation import check_writable_folder, write_json, write_text
+from .files import check_writable_folder, write_json, write_text
 from .events import EventSink
 from .logits import LogitStatistics, logit_shift
 from .metrics import summarize
@@ -368,7 +368,7 @@ def _run_one(run: Run, settings: dict, device: str, sink: EventSink, out: Path) 
     if resume:
         sink.log(f"{run.name}: continuing the training left by an earlier process")
     result = Trainer(job, sink).run(resume=resume)
-    _end_progress_bar(sink)
+    sink.end_progress()
     sink.attach(out)  # back to the bench's own log
     if result.status != "finished":
         raise _Cancelled(run.name)
@@ -399,14 +399,6 @@ def _add_last(run: Run, settings: dict, device: str, sink: EventSink) -> dict:
     record["seconds"]["total"] = round(record["seconds"]["total"] + record["seconds"]["last"], 1)
     write_json(run.folder / RUN_FILE, record)
     return record
-
-
-def _end_progress_bar(sink: EventSink) -> None:
-    """Close the run's training bar so later log lines do not redraw it (EventSink has no public call)."""
-    bar = getattr(sink, "_bar", None)
-    if bar is not None:
-        bar.close()
-        sink._bar = None
 
 
 class _Cancelled(Exception):
@@ -839,8 +831,8 @@ def plan_runs(out: Path, methods: Sequence[str], folds: List[dict], seeds: int) 
             for s in range(seeds) for f in folds for m in methods]
 
 
-def run_bench(args, sink: Optional[EventSink] = None) -> Dict[str, str]:
-    """``python -m AsymSegTrainer bench ...``; returns output name -> path (results, report, figures)."""
+def run_bench(args, sink: Optional[EventSink] = None) -> dict:
+    """``python -m AsymSegTrainer bench ...``: ``{"status": finished | cancelled, "outputs": name -> path}``."""
     sink = sink or EventSink()
     started = time.perf_counter()
     out = Path(args.out).expanduser().absolute()
@@ -916,7 +908,7 @@ def run_bench(args, sink: Optional[EventSink] = None) -> Dict[str, str]:
         sink.warning(f"{len(results['missing_runs'])} run(s) are not finished (another process holds them, or it "
                      f"died): the results are partial.", "Run the same command again to finish them.")
     sink.log(f"Benchmark report: {outputs['report']}")
-    return outputs
+    return {"status": "cancelled" if cancelled else "finished", "outputs": outputs}
 
 
 def _eta(spent: float, done_cost: float, remaining: Sequence[Run]) -> Optional[float]:

@@ -8,6 +8,7 @@ an ``error`` event, a ``done`` event with status ``failed`` and the documented e
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -79,7 +80,7 @@ def _demo(args, sink: EventSink) -> dict:
 def _bench(args, sink: EventSink) -> dict:
     from .bench import run_bench
 
-    return {"status": "finished", "outputs": run_bench(args, sink)}
+    return run_bench(args, sink)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"))
     b.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
     b.add_argument("--batch-size", type=int)
+    b.add_argument("--learning-rate", "--lr", type=float)
+    b.add_argument("--optimizer", choices=["adam", "rmsprop", "sgd"])
+    b.add_argument("--network", type=json.loads, metavar="JSON",
+                   help='network settings as in the job spec, e.g. \'{"name": "unet", "channels": [16, 32, 64]}\'')
+    b.add_argument("--overlap", type=float, help="sliding-window overlap of inference (default 0.5)")
     b.add_argument("--device", default="auto")
     return parser
 

@@ -14,22 +14,20 @@ Array conventions shared by the whole engine (SimpleITK's numpy order):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
 import json
-import os
 import re
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, ResourceError
+from .errors import InputError
+from .files import atomic_output
 
 SUPPORTED_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
 FORMAT_HINT = "Check that the file is a NIfTI (.nii/.nii.gz), NRRD (.nrrd) or MetaImage (.mha) volume."
@@ -70,29 +68,6 @@ def _check_gzip_complete(path: Path) -> None:
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"Cannot read image {path}: the compressed file is truncated or corrupt ({exc})",
                          "Copy or export the file again.") from exc
-
-
-@contextlib.contextmanager
-def atomic_output(path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (same extension); move it onto ``path`` on success.
-
-    A crash or error leaves ``path`` untouched and removes the temporary file. Parent folders
-    are created. Failures to create or write are reported as ResourceError.
-    """
-    path = Path(path)
-    ext = _extension(path) or path.suffix
-    base = path.name[: len(path.name) - len(ext)] if ext else path.name
-    tmp = path.with_name(f".{base}.{uuid.uuid4().hex[:8]}.tmp{ext}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:
-        raise ResourceError(f"Cannot write {path}: {exc}",
-                            "Check that the folder is writable and the disk has free space.") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_image(array: np.ndarray, reference: sitk.Image, path) -> Path:

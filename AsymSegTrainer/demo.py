@@ -32,11 +32,12 @@ from typing import Dict, Optional
 import torch
 
 from .errors import InputError
-from .evaluation import check_writable_folder, summarize_cases, write_json, write_metrics, write_text
+from .evaluation import summarize_cases, write_metrics
+from .files import check_writable_folder, write_json, write_text
 from .events import EventSink
 from .inference import infer_specs, load_predictor, merge_logit_statistics
 from .jobspec import job_from_dataset, job_from_dict
-from .logits import LogitStatistics, logit_shift
+from .logits import logit_shift
 from .plotting import plot_logit_histograms
 from .runtime import resolve_device, versions
 
@@ -94,7 +95,7 @@ def _cell(summary: dict, variant: str, name: str, key: str) -> str:
 
 def comparison_table(runs: Dict[str, dict], foreground: str) -> str:
     """Markdown: one row per run and post-processing, mean ± std over the unseen cases, and dz."""
-    lines = [f"| Run | Post-processing | " + " | ".join(t for _, t in METRICS) +
+    lines = ["| Run | Post-processing | " + " | ".join(t for _, t in METRICS) +
              f" | mean z[{foreground}] train | mean z[{foreground}] unseen | dz[{foreground}] |",
              "|---|---|" + "---:|" * (len(METRICS) + 3)]
     for run, result in runs.items():

@@ -15,17 +15,17 @@ Outputs of :func:`evaluate_folder` (also reused by ``infer`` and the demo):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from .data import (SUPPORTED_EXTENSIONS, ClassMap, atomic_output, check_same_geometry, read_image,
+from .data import (SUPPORTED_EXTENSIONS, ClassMap, check_same_geometry, read_image,
                    read_nnunet_dataset, spacing_zyx)
-from .errors import InputError, ResourceError
+from .errors import InputError
 from .events import EventSink
+from .files import check_writable_folder, write_json, write_text
 from .metrics import case_metrics, keep_largest_component, metrics_table_markdown, summarize
 from .runtime import versions
 
@@ -73,22 +73,6 @@ def metrics_markdown(cases: Dict[str, Dict[str, Dict[str, dict]]], class_names: 
     return "\n".join(sections)
 
 
-def write_json(path: Path, data) -> Path:
-    """Write JSON atomically (temporary file, then rename); NaN is refused (undefined values are null)."""
-    path = Path(path)
-    text = json.dumps(data, indent=1, allow_nan=False) + "\n"
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return path
-
-
 def write_metrics(out: Path, cases: Dict[str, Dict[str, Dict[str, dict]]], class_names: Sequence[str],
                   extra: Optional[dict] = None) -> Dict[str, str]:
     """``out/metrics.json`` and ``out/metrics.md`` of raw_and_post results; returns name -> path."""
@@ -98,20 +82,6 @@ def write_metrics(out: Path, cases: Dict[str, Dict[str, Dict[str, dict]]], class
     json_path = write_json(out / "metrics.json", record)
     md_path = write_text(out / "metrics.md", metrics_markdown(cases, class_names))
     return {"metrics": str(json_path), "metrics_markdown": str(md_path)}
-
-
-def check_writable_folder(folder: Path) -> Path:
-    """Create ``folder`` and check that a file can be written there (ResourceError otherwise)."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".asymseg-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ResourceError(f"The output folder {folder} is not writable: {exc.strerror or exc}.",
-                            "Choose an output folder you can write to.") from exc
-    return folder
 
 
 def label_array(image: sitk.Image) -> np.ndarray:

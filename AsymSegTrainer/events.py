@@ -88,9 +88,8 @@ class EventSink:
         if self._events_file:
             self._events_file.write(line + "\n")
             self._events_file.flush()
-        if type_ == "start" and self._bar is not None:  # a new run (e.g. the demo's second training)
-            self._bar.close()
-            self._bar = None
+        if type_ == "start":  # a new run (e.g. the demo's second training) starts a new bar
+            self.end_progress()
         if type_ == "progress" and event.get("phase") == "train":
             self._show_progress(event)
         else:
@@ -123,13 +122,16 @@ class EventSink:
         terms = " ".join(f"{k}={v:.4f}" for k, v in event.get("terms", {}).items() if v is not None)
         self._bar.set_postfix_str(terms)
         if event["iteration"] >= event["total"]:  # the last iteration: later log lines print below the bar
+            self.end_progress()
+
+    def end_progress(self) -> None:
+        """Close the training bar (e.g. a run ended early) so later log lines do not redraw it."""
+        if self._bar is not None:
             self._bar.close()
             self._bar = None
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self.end_progress()
         for f in (self._events_file, self._log_file):
             if f:
                 f.close()

@@ -42,7 +42,8 @@ from torch import nn
 from .data import (SUPPORTED_EXTENSIONS, CaseSpec, ClassMap, LoadedCase, Normalization, load_case, read_image,
                    read_nnunet_dataset, spacing_zyx, to_reference, write_image)
 from .errors import InputError
-from .evaluation import check_writable_folder, label_array, raw_and_post, write_json
+from .evaluation import label_array, raw_and_post
+from .files import check_writable_folder, write_json
 from .events import EventSink
 from .logits import LogitStatistics
 from .metrics import keep_largest_component

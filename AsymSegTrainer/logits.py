@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+
+from .files import write_json
 
 FORMAT = "asymseg-logit-statistics"
 VERSION = 1
@@ -308,18 +309,8 @@ class LogitStatistics:
         return stats
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write JSON atomically: a temporary file in the same folder, then os.replace."""
-        path = os.fspath(path)
-        handle, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                                             dir=os.path.dirname(os.path.abspath(path)))
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump(self.to_dict(), stream, allow_nan=False)
-                stream.write("\n")
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        """Write JSON atomically (files.write_json)."""
+        write_json(path, self.to_dict(), indent=None)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "LogitStatistics":

@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import Dict, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .targets import (Rarity, check_logits, check_non_negative, compute_dtype, one_hot_target,

@@ -8,17 +8,15 @@ size, technique, versions, seed), ``state_dict``, ``optimizer``, ``iteration``.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-from .errors import InputError, ResourceError
+from .errors import InputError
+from .files import atomic_output
 
 MODEL_FORMAT = "asymseg-model"
 MODEL_VERSION = 1
@@ -64,26 +62,13 @@ def build_network(config: Optional[dict], in_channels: int, num_classes: int, sp
 
 def save_model(path: Path, model: nn.Module, meta: dict, optimizer: Optional[torch.optim.Optimizer] = None,
                iteration: int = 0) -> None:
-    """Write atomically: a temp file in the same folder, then rename; the old file survives any failure."""
+    """Write atomically (files.atomic_output): the old file survives any failure."""
     path = Path(path)
     state = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "meta": json.dumps(meta),
              "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "optimizer": optimizer.state_dict() if optimizer is not None else {}, "iteration": int(iteration)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if exc.errno == errno.ENOSPC:
-            raise ResourceError(f"The disk is full while writing {path}; the previous model file is intact.",
-                                "Free disk space or choose another output folder, then resume with --resume.") from exc
-        raise ResourceError(f"Cannot write {path}: {exc.strerror or exc}.",
-                            "Choose an output folder you can write to.") from exc
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_model_file(path: Path) -> Tuple[dict, dict]:

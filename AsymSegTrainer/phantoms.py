@@ -20,7 +20,8 @@ import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
-from .data import atomic_output, write_image
+from .data import write_image
+from .files import atomic_output
 from .errors import InputError
 
 GENERATOR = "AsymSegTrainer.phantoms"

@@ -11,14 +11,12 @@ Agg canvas is used directly: no display and no pyplot global state.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .errors import ResourceError
+from .files import atomic_output
 from .logits import LogitStatistics, logit_shift
 
 TRAIN_COLOR, UNSEEN_COLOR = "#1f77b4", "#d62728"
@@ -104,17 +102,6 @@ def plot_logit_histograms(train: LogitStatistics, unseen: Optional[LogitStatisti
     """Write the figure of :func:`logit_histogram_figure` as a PNG, atomically; returns the path."""
     path = Path(path)
     fig = logit_histogram_figure(train, unseen, title, train_label, unseen_label)
-    temporary = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-        with os.fdopen(handle, "wb") as stream:
-            fig.savefig(stream, format="png", dpi=110)
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise ResourceError(f"Cannot write {path}: {exc.strerror or exc}.",
-                            "Check that the folder is writable and the disk has free space.") from exc
-    finally:
-        if temporary and os.path.exists(temporary):
-            os.unlink(temporary)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     return path

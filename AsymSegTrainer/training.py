@@ -9,8 +9,6 @@ Cancel (SIGTERM / SIGINT / ``OUT/STOP``) finishes the iteration and writes ``mod
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import threading
 import time
@@ -24,6 +22,7 @@ import torch
 from .data import LoadedCase, load_case
 from .errors import DivergenceError, InputError, ResourceError
 from .events import EventSink
+from .files import check_writable_folder, write_json
 from .jobspec import LOSSES, Job
 from .logits import LogitStatistics
 from .losses import AsymmetricLoss
@@ -103,14 +102,7 @@ class Trainer:
         if not resume and any((self.out / name).exists() for name in (LAST, BEST)):
             raise InputError(f"The output folder {self.out} already holds a trained model.",
                              "Continue that run with --resume, or choose a new output folder (nothing was changed).")
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as exc:
-            raise ResourceError(f"The output folder {self.out} is not writable: {exc.strerror or exc}.",
-                                "Choose an output folder you can write to.") from exc
+        check_writable_folder(self.out)
         self.sink.attach(self.out)
         (self.out / STOP_FILE).unlink(missing_ok=True)
 
@@ -277,7 +269,7 @@ class Trainer:
     def run(self, resume: bool = False) -> TrainResult:
         job = self.job
         self._prepare_output(resume)
-        _atomic_json(self.out / "job.json", job.to_dict())
+        write_json(self.out / "job.json", job.to_dict())
         self.sink.emit("start", command="train", config=job.to_dict(), device=str(self.device), versions=versions(),
                        output=str(self.out))
         seed_everything(job.seed)
@@ -299,7 +291,7 @@ class Trainer:
             stop.restore()
         outputs = {"job": str(self.out / "job.json")}
         if self.history:
-            _atomic_json(self.out / "validation.json", self.history)
+            write_json(self.out / "validation.json", self.history)
             outputs["validation"] = str(self.out / "validation.json")
         if status == "finished" and job.logit_statistics:
             outputs.update(self._logit_statistics())
@@ -347,7 +339,3 @@ class Trainer:
         return "finished", iteration
 
 
-def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)

@@ -219,3 +219,24 @@ def test_two_processes_share_one_out_folder(phantom_dataset, tmp_path):
 def test_quick_keeps_small_images_and_coarsens_large_ones(phantom_dataset, brats):
     assert bench._quick_spacing(phantom_dataset) is None  # 24^3 phantoms: already small
     assert bench._quick_spacing(brats) == [5.0, 5.0, 5.0]  # 240 mm / 48 voxels
+
+
+def test_sigterm_cancels_with_exit_code_10_and_partial_results(phantom_dataset, tmp_path):
+    import signal
+    out = tmp_path / "bench"
+    proc = subprocess.Popen([sys.executable, "-m", "AsymSegTrainer", "bench", "--dataset", str(phantom_dataset),
+                             "--classes", "lesion=1", "--train-size", "2", "--folds", "1", "--methods", "vanilla",
+                             "--iterations", "100000", "--patch-size", "16", "16", "16", "--batch-size", "2",
+                             "--network", json.dumps({"name": "unet", "channels": [4, 8], "strides": [2]}),
+                             "--device", "cpu", "--out", str(out), "--events"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if json.loads(line).get("phase") == "train":
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 10
+    done = json.loads(rest.splitlines()[-1])
+    assert done["type"] == "done" and done["status"] == "cancelled"
+    results = json.loads(Path(done["outputs"]["results"]).read_text())
+    assert results["complete"] is False and not results["runs"]
