@@ -372,8 +372,8 @@ class Normalization:
     """Intensity normalisation of every channel.
 
     - ``zscore``: per channel, subtract the mean and divide by the standard deviation computed
-      over the ROI mask (or, without a mask, over the channel's non-zero voxels; over all
-      voxels if the selection is empty). Every voxel, inside or outside, gets the same affine
+      over the ROI mask or, without a mask, over the voxels that are not a constant background
+      (see :func:`normalize`); over all voxels if the selection is empty. Every voxel, inside or outside, gets the same affine
       transform, so the outside is not zeroed. A constant channel becomes 0.
     - ``ct``: clip to ``window`` = (low, high) (e.g. Hounsfield units), then scale linearly to
       [-1, 1].
@@ -408,6 +408,21 @@ class Normalization:
         return _from_dict(cls, data, "normalization")
 
 
+BACKGROUND_SHARE = 0.1
+
+
+def _statistics_voxels(channel: np.ndarray) -> np.ndarray:
+    """Voxels for z-score statistics without a mask: all but a constant background.
+
+    A background is the channel's minimum when it fills at least BACKGROUND_SHARE of the
+    volume: 0 outside the head in raw or skull-stripped MRI, but also e.g. -3.6 in
+    pre-normalised BRATS scans or -1024 (air) in CT. A "non-zero voxels" rule would take the
+    whole of such a volume and shift every intensity of a case without its ROI mask.
+    """
+    outside = channel == channel.min()
+    return channel[~outside] if outside.mean() >= BACKGROUND_SHARE else channel.ravel()
+
+
 def normalize(image: np.ndarray, mask: Optional[np.ndarray], normalization: Normalization) -> np.ndarray:
     """Normalise a (C, ...) image as ``normalization`` says (see Normalization); returns float32."""
     image = np.asarray(image)
@@ -418,7 +433,7 @@ def normalize(image: np.ndarray, mask: Optional[np.ndarray], normalization: Norm
         return ((np.clip(image, low, high) - low) * (2.0 / (high - low)) - 1.0).astype(np.float32)
     out = np.empty(image.shape, np.float32)
     for c, channel in enumerate(image):
-        selected = channel[mask] if mask is not None else channel[channel != 0]
+        selected = channel[mask] if mask is not None else _statistics_voxels(channel)
         if selected.size == 0:
             selected = channel
         mean, std = float(np.mean(selected, dtype=np.float64)), float(np.std(selected, dtype=np.float64))

@@ -37,7 +37,8 @@ def _describe(event: dict) -> str:
     if kind == "start":
         return f"{event['command']} on {event['device']}, output {event['output']}"
     if kind == "progress":
-        return f"{event['phase']} {event['iteration']}/{event['total']}" + (f": {event['case']}" if "case" in event else "")
+        return f"{event['phase']} {event['iteration']}/{event['total']}" + (f": {event['case']}" if "case" in event else "") \
+            + (f" ({event['fraction']:.0%})" if "fraction" in event else "")
     if kind == "validation":
         scores = ", ".join(f"{name} DSC {m['dsc'] or 0:.3f} SEN {m['sensitivity'] or 0:.3f} PRC {m['precision'] or 0:.3f}"
                            for name, m in event["metrics"].items())

@@ -187,13 +187,25 @@ def test_class_map_from_nnunet_labels_orders_by_value():
 # ---------------------------------------------------------------------------- normalisation
 
 
-def test_zscore_over_nonzero_voxels_by_hand():
+def test_zscore_over_voxels_other_than_a_zero_background_by_hand():
     image = np.array([[0.0, 0.0, 1.0, 2.0, 3.0], [5.0, 5.0, 5.0, 5.0, 5.0]])[:, None, None, :]
     out = normalize(image, None, Normalization("zscore"))
     std = np.sqrt(2 / 3)  # of 1, 2, 3 (population std)
     np.testing.assert_allclose(out[0].ravel(), [-2 / std, -2 / std, -1 / std, 0.0, 1 / std], rtol=1e-6)
     np.testing.assert_allclose(out[1], 0.0)  # constant channel: no division by zero
     assert out.dtype == np.float32
+
+
+def test_zscore_without_mask_skips_a_constant_background_at_any_value():
+    rng = np.random.default_rng(0)
+    inside = rng.normal(2.0, 1.0, 600)  # tissue stays above the background value
+    pre_normalised = np.concatenate([np.full(400, -3.62), inside])  # BRATS-like: -3.62 outside the brain
+    out = normalize(pre_normalised[None, None, None, :], None, Normalization())[0, 0, 0]
+    np.testing.assert_allclose([out[400:].mean(), out[400:].std()], [0.0, 1.0], atol=1e-6)
+    # a minimum shared by few voxels (< 10%) is tissue, not background: every voxel counts
+    few = np.concatenate([np.full(30, -3.62), inside])
+    out = normalize(few[None, None, None, :], None, Normalization())[0, 0, 0]
+    np.testing.assert_allclose([out.mean(), out.std()], [0.0, 1.0], atol=1e-6)
 
 
 def test_zscore_over_mask_keeps_outside_on_the_same_scale():

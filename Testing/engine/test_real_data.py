@@ -13,19 +13,19 @@ import SimpleITK as sitk
 
 pytestmark = pytest.mark.slow
 
-TRAIN, VALIDATION, UNSEEN = "brats_2013_pat0005_1,brats_2013_pat0006_1", "brats_2013_pat0003_1", "brats_2013_pat0001_1"
+TRAIN, UNSEEN = "brats_2013_pat0005_1,brats_2013_pat0006_1", "brats_2013_pat0001_1"
 
 
 def test_short_finetune_segments_unseen_tumour_core(brats, tmp_path):
     run = [sys.executable, "-m", "AsymSegTrainer"]
     train = subprocess.run(run + ["train", "--dataset", str(brats), "--classes", "tumor_core=1,3,4",
-                                  "--train-cases", TRAIN, "--val-cases", VALIDATION, "--preset", "asymmetric-focal",
-                                  "--iterations", "150", "--validation-interval", "50", "--learning-rate", "0.001",
-                                  "--target-spacing", "2", "2", "2", "--patch-size", "48", "48", "48",
-                                  "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "run"), "--events"],
+                                  "--train-cases", TRAIN, "--preset", "asymmetric-focal",
+                                  "--iterations", "300", "--learning-rate", "0.001",
+                                  "--target-spacing", "2", "2", "2", "--patch-size", "32", "32", "32",
+                                  "--batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "run"), "--events"],
                            capture_output=True, text=True, timeout=1200)
     assert train.returncode == 0, train.stderr[-2000:]
-    model = json.loads(train.stdout.splitlines()[-1])["model"]
+    model = json.loads(train.stdout.splitlines()[-1])["model"]  # the last model: no validation case
 
     images = [str(brats / "imagesTr" / f"{UNSEEN}_000{c}.nii.gz") for c in (0, 1)]
     out = tmp_path / "pred.nii.gz"
@@ -47,6 +47,6 @@ def test_short_finetune_segments_unseen_tumour_core(brats, tmp_path):
     dsc = 2 * (truth & predicted).sum() / (truth.sum() + predicted.sum())
     sensitivity = (truth & predicted).sum() / truth.sum()
     print(f"unseen {UNSEEN}: tumour-core DSC {dsc:.3f}, sensitivity {sensitivity:.3f}")
-    assert dsc > 0.05 and sensitivity > 0.1
+    assert dsc > 0.4 and sensitivity > 0.5  # measured: DSC 0.61, sensitivity 0.80
     metrics = json.loads((tmp_path / "pred_metrics.json").read_text())
     assert metrics["raw"]["tumor_core"]["dsc"] == pytest.approx(dsc, abs=1e-6)
