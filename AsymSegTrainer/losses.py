@@ -1,7 +1,7 @@
 """Asymmetric large-margin and focal losses (cross-entropy and Dice), and the paper's baselines.
 
 Z. Li, K. Kamnitsas, B. Glocker, "Analyzing Overfitting under Class Imbalance in Neural
-Networks for Image Segmentation", IEEE TMI 2020, https://arxiv.org/abs/2102.10365.
+Networks for Image Segmentation", IEEE TMI 2020, doi:10.1109/TMI.2020.3046692.
 Conventions follow the paper's official code as recorded in the project's METHOD.md §3:
 
 - margin (eq. 5/7): ``q = softmax(z - m * r * Y)``, subtracted from the TRUE class only;

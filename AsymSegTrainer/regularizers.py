@@ -1,7 +1,7 @@
 """Asymmetric regularisers: adversarial training, mixup and augmentation that favour the rare classes.
 
 Z. Li, K. Kamnitsas, B. Glocker, "Analyzing Overfitting under Class Imbalance in Neural
-Networks for Image Segmentation", IEEE TMI 2020, https://arxiv.org/abs/2102.10365.
+Networks for Image Segmentation", IEEE TMI 2020, doi:10.1109/TMI.2020.3046692.
 These change the training batch, not the loss formula (METHOD.md §4):
 
 - asymmetric adversarial training (eq. 14-16): :func:`adversarial_perturbation` finds, with
