@@ -57,7 +57,8 @@ def _infer(args, sink: EventSink) -> dict:
     options = dict(overlap=args.overlap, device=args.device, largest_component=args.largest_component,
                    probabilities=args.probabilities, sink=sink)
     if args.dataset:
-        outputs = infer_dataset(args.model, args.dataset, _ids(args.cases), args.out_dir, **options)
+        outputs = infer_dataset(args.model, args.dataset, _ids(args.cases), args.out_dir, subset=args.subset,
+                                **options)
     else:
         outputs = infer_case(args.model, args.images, args.out, label=args.label, mask=args.mask, **options)
     return {"status": "finished", "outputs": outputs}
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--mask", help="with --images: ROI mask for the logit statistics")
     i.add_argument("--cases", default="", metavar="ID,ID", help="with --dataset: case ids (default: all)")
     i.add_argument("--out-dir", help="with --dataset: output folder")
+    i.add_argument("--subset", choices=["Tr", "Ts"], default="Tr",
+                   help="with --dataset: imagesTr (default; ground truth from labelsTr) or imagesTs (labelsTs optional)")
     i.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     i.add_argument("--largest-component", action="store_true", help="keep the largest component of each class")
     i.add_argument("--probabilities", action="store_true", help="also write softmax probabilities")

@@ -544,13 +544,17 @@ def load_case(spec: CaseSpec, class_map: Optional[ClassMap], normalization: Norm
 
 # ---------------------------------------------------------------------------- nnU-Net layout
 
-def read_nnunet_dataset(folder) -> Tuple[dict, List[CaseSpec]]:
-    """Read an nnU-Net v2 raw dataset: dataset.json, imagesTr/, labelsTr/, optional masksTr/.
+def read_nnunet_dataset(folder, subset: str = "Tr") -> Tuple[dict, List[CaseSpec]]:
+    """Read an nnU-Net v2 raw dataset: dataset.json, images<subset>/, labels<subset>/, masks<subset>/.
 
-    Cases are the identifiers found in imagesTr (``<case>_<XXXX><file_ending>``); each needs
-    every channel of ``channel_names`` and ``labelsTr/<case><file_ending>``; an ROI mask
-    ``masksTr/<case><file_ending>`` is used when present. Paths in the specs are absolute.
+    ``subset`` "Tr" (training cases, the default) or "Ts" (test cases). Cases are the
+    identifiers found in images<subset> (``<case>_<XXXX><file_ending>``); each needs every
+    channel of ``channel_names``; training cases need ``labelsTr/<case><file_ending>``, test
+    cases have a label only when ``labelsTs`` holds one; an ROI mask
+    ``masks<subset>/<case><file_ending>`` is used when present. Paths in the specs are absolute.
     """
+    if subset not in ("Tr", "Ts"):
+        raise InputError(f"Unknown nnU-Net subset {subset!r}.", "Use 'Tr' (imagesTr) or 'Ts' (imagesTs).")
     folder = Path(folder)
     layout = "An nnU-Net v2 raw dataset holds dataset.json, imagesTr/<case>_<XXXX><ending> and labelsTr/<case><ending>."
     json_path = folder / "dataset.json"
@@ -572,12 +576,12 @@ def read_nnunet_dataset(folder) -> Tuple[dict, List[CaseSpec]]:
                          f"got {dataset['channel_names']!r}", layout)
     ending = dataset["file_ending"]
     pattern = re.compile(r"(.+)_\d{4}" + re.escape(ending) + "$")
-    images_dir, labels_dir, masks_dir = folder / "imagesTr", folder / "labelsTr", folder / "masksTr"
+    images_dir, labels_dir, masks_dir = (folder / f"{kind}{subset}" for kind in ("images", "labels", "masks"))
     ids = sorted({m.group(1) for p in (images_dir.iterdir() if images_dir.is_dir() else [])
                   if (m := pattern.match(p.name))})
     if not ids:
-        raise InputError(f"No training images in {images_dir} (expected <case>_0000{ending})", layout)
-    expected = dataset.get("numTraining")
+        raise InputError(f"No images in {images_dir} (expected <case>_0000{ending})", layout)
+    expected = dataset.get("numTraining") if subset == "Tr" else None
     if expected is not None and expected != len(ids):
         raise InputError(f"{json_path}: numTraining is {expected} but {images_dir} holds {len(ids)} cases",
                          "Restore the missing cases or correct numTraining.")
@@ -585,10 +589,11 @@ def read_nnunet_dataset(folder) -> Tuple[dict, List[CaseSpec]]:
     for case_id in ids:
         images = [images_dir / f"{case_id}_{c:04d}{ending}" for c in channels]
         label = labels_dir / f"{case_id}{ending}"
-        for path in images + [label]:
+        for path in images + ([label] if subset == "Tr" else []):
             if not path.is_file():
                 raise InputError(f"Missing file {path} of case {case_id!r}", layout)
         mask = masks_dir / f"{case_id}{ending}"
-        cases.append(CaseSpec(id=case_id, images=[str(p.resolve()) for p in images], label=str(label.resolve()),
+        cases.append(CaseSpec(id=case_id, images=[str(p.resolve()) for p in images],
+                              label=str(label.resolve()) if label.is_file() else None,
                               mask=str(mask.resolve()) if mask.is_file() else None))
     return dataset, cases

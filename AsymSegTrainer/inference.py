@@ -338,14 +338,16 @@ def merge_logit_statistics(paths: Sequence, metadata: Optional[dict] = None) -> 
 
 def infer_dataset(model, dataset, case_ids: Sequence[str], out_dir, overlap: float = 0.5, device: str = "auto",
                   largest_component: bool = False, probabilities: bool = False,
-                  sink: Optional[EventSink] = None) -> Dict[str, str]:
-    """``infer --dataset DIR --out-dir OUT [--cases ...]``: the cases of an nnU-Net v2 raw folder.
+                  sink: Optional[EventSink] = None, subset: str = "Tr") -> Dict[str, str]:
+    """``infer --dataset DIR --out-dir OUT [--cases ...] [--subset Ts]``: cases of an nnU-Net v2 raw folder.
 
-    Every case gets the outputs of infer_case in OUT (``<case><file_ending>``, ...), with its
-    ground truth from labelsTr (metrics, logits grouped by the reference) and its mask from
-    masksTr when present. OUT also gets ``logit_statistics.json`` (all cases merged) and
-    ``metrics.json`` / ``metrics.md`` (evaluation.write_metrics). Returns name -> path, with
-    ``<case>``, ``<case>_logits``, ``<case>_metrics``, ``<case>_probabilities`` per case.
+    Every case of images<subset> gets the outputs of infer_case in OUT (``<case><file_ending>``,
+    ...), with its ground truth from labels<subset> when there is one (metrics, logits grouped
+    by the reference) and its mask from masks<subset> when present. OUT also gets
+    ``logit_statistics.json`` (all cases merged; grouped by the reference only when every case
+    has one) and, for the cases with ground truth, ``metrics.json`` / ``metrics.md``
+    (evaluation.write_metrics). Returns name -> path, with ``<case>``, ``<case>_logits``,
+    ``<case>_metrics``, ``<case>_probabilities`` per case.
     """
     from .evaluation import write_metrics
 
@@ -356,7 +358,7 @@ def infer_dataset(model, dataset, case_ids: Sequence[str], out_dir, overlap: flo
     overlap = _check_overlap(overlap)
     check_writable_folder(out_dir)
     sink.attach(out_dir)
-    info, specs = read_nnunet_dataset(Path(dataset))
+    info, specs = read_nnunet_dataset(Path(dataset), subset)
     by_id = {spec.id: spec for spec in specs}
     unknown = [c for c in case_ids if c not in by_id]
     if unknown:
@@ -374,14 +376,18 @@ def infer_dataset(model, dataset, case_ids: Sequence[str], out_dir, overlap: flo
     for case, files in results.items():
         for name, path in files.items():
             outputs[case if name == "prediction" else f"{case}_{name}"] = path
+    labelled = [bool(spec.label) for spec in chosen]
+    grouped_by = "reference" if all(labelled) else "prediction" if not any(labelled) else "mixed"
     merged = merge_logit_statistics([files["logits"] for files in results.values()],
-                                    {"grouped_by": "reference", "cases": list(results), "model": str(predictor.path)})
+                                    {"grouped_by": grouped_by, "cases": list(results), "model": str(predictor.path)})
     outputs["logit_statistics"] = str(write_json(out_dir / "logit_statistics.json",
-                                                 {**merged.to_dict(), "grouped_by": "reference"}))
+                                                 {**merged.to_dict(), "grouped_by": grouped_by}))
     per_case = {}
     for case, files in results.items():
-        record = json.loads(Path(files["metrics"]).read_text(encoding="utf-8"))
-        per_case[case] = {"raw": record["raw"], "post": record["post"]}
-    outputs.update(write_metrics(out_dir, per_case, predictor.class_names, extra={"model": str(predictor.path),
-                                                                                 "dataset": str(dataset)}))
+        if "metrics" in files:
+            record = json.loads(Path(files["metrics"]).read_text(encoding="utf-8"))
+            per_case[case] = {"raw": record["raw"], "post": record["post"]}
+    if per_case:
+        outputs.update(write_metrics(out_dir, per_case, predictor.class_names, extra={"model": str(predictor.path),
+                                                                                     "dataset": str(dataset)}))
     return outputs

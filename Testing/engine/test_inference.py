@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -288,6 +289,25 @@ def test_dataset_inference_then_evaluate_end_to_end(model, phantom_dataset, tmp_
     batch = json.loads(Path(outputs["metrics"]).read_text())  # infer --dataset's own summary agrees
     assert batch["cases"] == record["cases"] and batch["summary"] == record["summary"]
     assert record["summary"]["raw"]["lesion"]["dsc"]["n"] == 2
+
+
+def test_dataset_inference_on_unlabelled_test_cases(model, phantom_dataset, tmp_path):
+    """imagesTs without labelsTs (new cases): predictions and statistics grouped by the prediction, no metrics."""
+    data = tmp_path / "data"
+    shutil.copytree(phantom_dataset, data)
+    (data / "imagesTs").mkdir()
+    for f in (data / "imagesTr").glob("phantom_003_*"):
+        shutil.copy(f, data / "imagesTs" / f.name.replace("phantom_003", "new_001"))
+    outputs = infer_dataset(model, data, [], tmp_path / "pred", device="cpu", sink=quiet(), subset="Ts")
+    assert sorted(k for k in outputs if not k.startswith("logit")) == ["new_001", "new_001_logits"]
+    stats = json.loads(Path(outputs["logit_statistics"]).read_text())
+    assert stats["grouped_by"] == "prediction"
+    predicted = array(outputs["new_001"])
+    assert [LogitStatistics.load(outputs["logit_statistics"]).count(g) for g in (0, 1)] == \
+        [np.count_nonzero(predicted == g) for g in (0, 1)]
+    assert not (tmp_path / "pred" / "metrics.json").exists()
+    with pytest.raises(InputError, match="No images in .*imagesTs"):
+        infer_dataset(model, phantom_dataset, [], tmp_path / "pred2", device="cpu", sink=quiet(), subset="Ts")
 
 
 # ---------------------------------------------------------------------------- command line
