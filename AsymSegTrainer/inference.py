@@ -305,7 +305,6 @@ def infer_case(model, images: Sequence, out, label=None, mask=None, overlap: flo
                      overlap=overlap, device=device, largest_component=largest_component, probabilities=probabilities)
     sink.emit("start", command="infer", config=config, device=str(predictor.device), versions=versions(),
               output=str(paths["prediction"]))
-    _check_channels(predictor, images)
     stem = paths["logits"].name[: -len("_logits.json")]
     spec = CaseSpec(id=stem, images=[str(p) for p in images], label=str(label) if label else None,
                     mask=str(mask) if mask else None, role="test")
@@ -369,7 +368,6 @@ def infer_dataset(model, dataset, case_ids: Sequence[str], out_dir, overlap: flo
                      device=device, largest_component=largest_component, probabilities=probabilities)
     sink.emit("start", command="infer", config=config, device=str(predictor.device), versions=versions(),
               output=str(out_dir))
-    _check_channels(predictor, chosen[0].images)
     results = infer_specs(predictor, chosen, out_dir, info["file_ending"], overlap, largest_component, probabilities,
                           sink)
     outputs = {}
