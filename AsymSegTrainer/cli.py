@@ -14,13 +14,11 @@ import traceback
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from .errors import EXIT_CANCELLED, EXIT_FINISHED, EXIT_INTERNAL, AsymSegError, ResourceError
+from .errors import AsymSegError, ResourceError
 from .events import EventSink
-from .techniques import PRESETS, RECOMMENDED
+from .protocol import CHOICES, EXIT_CODES, PRESETS, RECOMMENDED, exit_code_summary, job_default
 
-EPILOG = """exit codes: 0 finished, 1 internal error, 2 usage error, 3 input error (job, images, labels,
-model file), 4 resource error (GPU, memory, disk), 5 a loss term became NaN/inf, 10 cancelled.
-Protocol (job spec, events, outputs): docs/protocol.md."""
+EPILOG = f"exit codes: {exit_code_summary()}.\nProtocol (job spec, events, outputs): docs/protocol.md."
 
 
 def _ids(text: str) -> List[str]:
@@ -84,6 +82,22 @@ def _bench(args, sink: EventSink) -> dict:
     return run_bench(args, sink)
 
 
+def _training_options(p: argparse.ArgumentParser, defaults: Optional[Callable[[str], object]] = None) -> None:
+    """Job settings that ``train`` and ``bench`` both take; ``defaults(name)`` fills their help texts."""
+    def default(name: str) -> Optional[str]:
+        if defaults is None:
+            return None
+        value = defaults(name)
+        return f"default {' '.join(map(str, value)) if isinstance(value, list) else value}"
+
+    p.add_argument("--batch-size", type=int, help=default("batch_size"))
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help=default("patch_size"))
+    p.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                   help="resample to this (mm; default: the images' own)")
+    p.add_argument("--learning-rate", "--lr", type=float, help=default("learning_rate"))
+    p.add_argument("--optimizer", choices=CHOICES["optimizer"], help=default("optimizer"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m AsymSegTrainer", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -111,13 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-cases", default="", metavar="ID,ID", help="with --dataset: validation case ids")
     t.add_argument("--preset", default=RECOMMENDED, choices=list(PRESETS),
                    help=f"technique (default {RECOMMENDED}, the paper's first recommendation)")
-    t.add_argument("--iterations", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
-    t.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="resample to this (mm)")
-    t.add_argument("--learning-rate", "--lr", type=float)
-    t.add_argument("--optimizer", choices=["adam", "rmsprop", "sgd"])
-    t.add_argument("--loss", choices=["ce", "dice", "ce+dice"])
+    t.add_argument("--iterations", type=int, help=f"default {job_default('iterations')}")
+    _training_options(t, job_default)
+    t.add_argument("--loss", choices=list(CHOICES["loss"]), help=f"default {job_default('loss')}")
     t.add_argument("--validation-interval", type=int)
     t.add_argument("--initial-checkpoint", help="fine-tune from this model file")
     t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
@@ -171,11 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--iterations", type=int, required=True)
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--quick", action="store_true", help="a smoke run in a few minutes")
-    b.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"))
-    b.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
-    b.add_argument("--batch-size", type=int)
-    b.add_argument("--learning-rate", "--lr", type=float)
-    b.add_argument("--optimizer", choices=["adam", "rmsprop", "sgd"])
+    _training_options(b)
     b.add_argument("--network", type=json.loads, metavar="JSON",
                    help='network settings as in the job spec, e.g. \'{"name": "unet", "channels": [16, 32, 64]}\'')
     b.add_argument("--overlap", type=float, help="sliding-window overlap of inference (default 0.5)")
@@ -188,7 +194,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sink = EventSink(json_stdout=args.events)
     try:
         result = args.run(args, sink)
-        code = EXIT_CANCELLED if result["status"] == "cancelled" else EXIT_FINISHED
+        code = EXIT_CODES["cancelled" if result["status"] == "cancelled" else "finished"]
         sink.emit("done", exit_code=code, **{"model": None, **result})
     except Exception as exc:  # every failure ends in an error event, a done event and a documented code
         if type(exc).__name__ == "OutOfMemoryError":
@@ -196,7 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if isinstance(exc, AsymSegError):
             code, kind, message, hint = exc.exit_code, exc.kind, exc.message, exc.hint
         else:
-            code, kind, message = EXIT_INTERNAL, "internal", f"{type(exc).__name__}: {exc}"
+            code, kind, message = EXIT_CODES["internal"], "internal", f"{type(exc).__name__}: {exc}"
             hint = "This is a bug in AsymSeg: please report it with the log (OUT/log.txt)."
             sink.log(traceback.format_exc())
         sink.emit("error", kind=kind, message=message, hint=hint)

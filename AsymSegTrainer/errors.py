@@ -1,16 +1,18 @@
 """Errors the engine reports to its users, each with a hint and a documented exit code.
 
-The CLI turns them into an ``error`` event (message + hint) and the exit code below;
-the README's "Exit codes" table is generated from the same numbers.
+The CLI turns them into an ``error`` event (message + hint) and the exit code of their
+``kind``; the codes, their meanings and the generated tables in the README and
+docs/protocol.md all come from ``protocol.json`` (``EXIT_CODES``).
 """
 
 from __future__ import annotations
+
+from .protocol import EXIT_CODES
 
 
 class AsymSegError(Exception):
     """Base class: a problem the user can act on. ``hint`` says what to do."""
 
-    exit_code = 1
     kind = "internal"
 
     def __init__(self, message: str, hint: str = ""):
@@ -18,29 +20,24 @@ class AsymSegError(Exception):
         self.message = message
         self.hint = hint
 
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.kind]
+
 
 class InputError(AsymSegError, ValueError):
-    """Bad job spec, command line, image, label or checkpoint (exit code 3)."""
+    """Bad job spec, command line, image, label or checkpoint."""
 
-    exit_code = 3
     kind = "input"
 
 
 class ResourceError(AsymSegError, RuntimeError):
-    """The machine cannot do it: no GPU, out of memory, disk full, folder not writable (exit 4)."""
+    """The machine cannot do it: no GPU, out of memory, disk full, folder not writable."""
 
-    exit_code = 4
     kind = "resource"
 
 
 class DivergenceError(AsymSegError, RuntimeError):
-    """A loss term became NaN or infinite (exit code 5)."""
+    """A loss term became NaN or infinite."""
 
-    exit_code = 5
     kind = "divergence"
-
-
-EXIT_FINISHED = 0
-EXIT_INTERNAL = 1
-EXIT_USAGE = 2  # argparse's own code for a bad command line
-EXIT_CANCELLED = 10

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import IO, Optional
 
+from .protocol import EVENT_KEYS
+
 
 def _json_safe(value):
     """NaN/inf are not JSON: they become null (a NaN loss is reported by an ``error`` event)."""
@@ -72,14 +74,15 @@ class EventSink:
         """Write events and log lines to ``folder`` from now on (appending); files attached before are closed."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for f in (self._events_file, self._log_file):
-            if f:
-                f.close()
-        self._events_file = self._log_file = None
+        self._close_files()
         self._events_file = open(folder / "events.jsonl", "a", encoding="utf-8")
         self._log_file = open(folder / "log.txt", "a", encoding="utf-8")
 
     def emit(self, type_: str, **fields) -> dict:
+        """Send one event; its type and required keys are those of protocol.json (a mismatch is a bug)."""
+        if type_ not in EVENT_KEYS or not set(EVENT_KEYS[type_]) <= set(fields):
+            raise ValueError(f"event {type_!r} with keys {sorted(fields)} is not in protocol.json "
+                             f"(required: {EVENT_KEYS.get(type_)})")
         event = _json_safe({"type": type_, "time": round(time.time(), 3), **fields})
         line = json.dumps(event)
         self.events.append(event)
@@ -131,11 +134,14 @@ class EventSink:
             self._bar.close()
             self._bar = None
 
-    def close(self) -> None:
-        self.end_progress()
+    def _close_files(self) -> None:
         for f in (self._events_file, self._log_file):
             if f:
                 f.close()
         self._events_file = self._log_file = None
+
+    def close(self) -> None:
+        self.end_progress()
+        self._close_files()
         if self.json_stdout:
             sys.stdout = self._stdout

@@ -7,46 +7,46 @@ against the folder of the job file.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from .data import CaseSpec, ClassMap, Normalization, read_nnunet_dataset
 from .errors import InputError
 from .network import downsampling_factor, network_config
+from .protocol import CHOICES, JOB_FIELDS, JOB_FORMAT, JOB_VERSION, job_default
 from .techniques import Technique, resolve_technique
 
-JOB_FORMAT = "asymseg-job"
-JOB_VERSION = 1
-LOSSES = {"ce": (1.0, 0.0), "dice": (0.0, 1.0), "ce+dice": (1.0, 1.0)}
-OPTIMIZERS = ("adam", "rmsprop", "sgd")
-ROLES = ("train", "validation", "test")
+LOSSES = {name: (w["ce_weight"], w["dice_weight"]) for name, w in CHOICES["loss"].items()}
 
 
 @dataclass
 class Job:
+    """A validated job; every field is filled by :func:`job_from_dict` (defaults: protocol.json)."""
+
     cases: List[CaseSpec]
     class_map: ClassMap
     output: Path
-    channels: List[str] = field(default_factory=list)
-    rarity: List[float] = field(default_factory=list)
-    technique: Technique = field(default_factory=Technique)
-    loss: str = "ce"
-    network: dict = field(default_factory=dict)
-    patch_size: List[int] = field(default_factory=lambda: [48, 48, 48])
-    target_spacing: Optional[List[float]] = None
-    normalization: Normalization = field(default_factory=Normalization)
-    batch_size: int = 4
-    iterations: int = 1000
-    optimizer: str = "adam"
-    learning_rate: float = 3e-4
-    foreground_fraction: float = 0.5
-    validation_interval: int = 100
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    initial_checkpoint: Optional[Path] = None
-    logit_statistics: bool = True
+    channels: List[str]
+    rarity: List[float]
+    technique: Technique
+    loss: str
+    network: dict
+    patch_size: List[int]
+    target_spacing: Optional[List[float]]
+    normalization: Normalization
+    batch_size: int
+    iterations: int
+    optimizer: str
+    learning_rate: float
+    foreground_fraction: float
+    validation_interval: int
+    seed: int
+    device: str
+    amp: bool
+    initial_checkpoint: Optional[Path]
+    logit_statistics: bool
 
     def cases_with_role(self, role: str) -> List[CaseSpec]:
         return [c for c in self.cases if c.role == role]
@@ -74,15 +74,27 @@ def _field_error(name: str, problem: str, fix: str) -> InputError:
     return InputError(f"Job field '{name}' {problem}", fix)
 
 
-def _number(d: dict, name: str, default, kind=float, low=None, high=None, low_open=False):
+def _value(d: dict, name: str):
+    """Field ``name`` of the job, or its default, checked against its type and range in protocol.json."""
+    spec, default = JOB_FIELDS[name], job_default(name)
     value = d.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise _field_error(name, f"must be {'an integer' if kind is int else 'a number'}; got {value!r}.",
-                           f"Write a {'whole ' if kind is int else ''}number, e.g. {default}.")
-    value = kind(value)
-    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
-        rng = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-        raise _field_error(name, f"must be {rng}; got {value}.", f"E.g. {default}.")
+    kind = spec["type"]
+    if kind == "bool" and not isinstance(value, bool):
+        raise _field_error(name, f"must be true or false; got {value!r}.", f"Write true or false (default {default}).")
+    if kind == "choice" and value not in CHOICES[name]:
+        raise _field_error(name, f"is {value!r}.", f"Use one of {list(CHOICES[name])}.")
+    if kind == "string" and not isinstance(value, str):
+        raise _field_error(name, f"must be a string; got {value!r}.", f"E.g. {default!r}.")
+    if kind in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (kind == "int" and value != int(value)):
+            raise _field_error(name, f"must be {'an integer' if kind == 'int' else 'a finite number'}; got {value!r}.",
+                               f"Write a {'whole ' if kind == 'int' else ''}number, e.g. {default}.")
+        value = int(value) if kind == "int" else float(value)
+        low, high, open_low = spec.get("minimum"), spec.get("maximum"), spec.get("minimum_open", False)
+        if (low is not None and (value <= low if open_low else value < low)) or (high is not None and value > high):
+            rng = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+            raise _field_error(name, f"must be {rng}; got {value}.", f"E.g. {default}.")
     return value
 
 
@@ -100,13 +112,13 @@ def job_from_dict(d: dict, base_dir: Path) -> Job:
     if d.get("format", JOB_FORMAT) != JOB_FORMAT or d.get("version", JOB_VERSION) > JOB_VERSION:
         raise _field_error("format/version", f"is {d.get('format')!r} v{d.get('version')}, not {JOB_FORMAT} "
                            f"v{JOB_VERSION}.", "Write the job for this AsymSeg version (docs/protocol.md).")
-    known = set(Job.__dataclass_fields__) - {"class_map"} | {"format", "version", "classes", "unlisted_labels"}
+    known = set(JOB_FIELDS) | {"format", "version"}
     unknown = sorted(set(d) - known)
     if unknown:
         raise _field_error(str(unknown), "is not a known job field.", f"Known fields: {', '.join(sorted(known))}.")
     if "classes" not in d:
         raise _field_error("classes", "is missing.", 'Name the training classes, e.g. {"background": [0], "lesion": [1]}.')
-    class_map = ClassMap(d["classes"], d.get("unlisted_labels", "error"))
+    class_map = ClassMap(d["classes"], _value(d, "unlisted_labels"))
     raw_cases = d.get("cases")
     if not isinstance(raw_cases, list) or not raw_cases:
         raise _field_error("cases", "must be a non-empty list of cases.", "Add at least one training case.")
@@ -117,8 +129,8 @@ def job_from_dict(d: dict, base_dir: Path) -> Job:
         except (TypeError, KeyError, AttributeError) as exc:
             raise _field_error(f"cases[{i}]", f"is not a valid case ({exc}).",
                                'Each case needs "id", "images" (list of paths), "label" and optional "mask", "role".')
-        if case.role not in ROLES:
-            raise _field_error(f"cases[{i}].role", f"is '{case.role}'.", f"Use one of {ROLES}.")
+        if case.role not in CHOICES["role"]:
+            raise _field_error(f"cases[{i}].role", f"is '{case.role}'.", f"Use one of {CHOICES['role']}.")
         case.images = [_resolve_path(base_dir, p) for p in case.images]
         case.label = _resolve_path(base_dir, case.label)
         case.mask = _resolve_path(base_dir, case.mask)
@@ -148,14 +160,8 @@ def job_from_dict(d: dict, base_dir: Path) -> Job:
     if any(not 0 <= r <= 1 for r in rarity_list):
         raise _field_error("rarity", f"values must lie in [0, 1]; got {rarity_list}.", "1 = rare, 0 = well represented.")
 
-    loss = d.get("loss", "ce")
-    if loss not in LOSSES:
-        raise _field_error("loss", f"is '{loss}'.", f"Use one of {list(LOSSES)}.")
-    optimizer = d.get("optimizer", "adam")
-    if optimizer not in OPTIMIZERS:
-        raise _field_error("optimizer", f"is '{optimizer}'.", f"Use one of {list(OPTIMIZERS)}.")
     net = network_config(d.get("network"))
-    patch = d.get("patch_size", [48, 48, 48])
+    patch = d.get("patch_size", job_default("patch_size"))
     if not isinstance(patch, list) or len(patch) != 3 or not all(isinstance(p, int) and p >= 1 for p in patch):
         raise _field_error("patch_size", f"must be three positive integers (z, y, x); got {patch!r}.",
                            "E.g. [48, 48, 48]; [1, 64, 64] for 2D images.")
@@ -166,23 +172,23 @@ def job_from_dict(d: dict, base_dir: Path) -> Job:
                            "downsampling factor.", f"Use multiples of {factor}, e.g. "
                            f"{[max(factor, round(p / factor) * factor) if p != 1 else 1 for p in patch]}.")
     spacing = d.get("target_spacing")
-    if spacing is not None and (not isinstance(spacing, list) or len(spacing) != 3
-                                or not all(isinstance(s, (int, float)) and s > 0 for s in spacing)):
+    if spacing is not None and (not isinstance(spacing, list) or len(spacing) != 3 or not all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in spacing)):
         raise _field_error("target_spacing", f"must be null or three positive numbers in mm (z, y, x); got {spacing!r}.",
                            "E.g. [2.0, 2.0, 2.0].")
     init = d.get("initial_checkpoint")
-    output = Path(_resolve_path(base_dir, d.get("output", "out")))
+    output = Path(_resolve_path(base_dir, d.get("output", job_default("output"))))
     return Job(cases=cases, class_map=class_map, output=output, channels=channels, rarity=rarity_list,
-               technique=resolve_technique(d.get("technique")), loss=loss, network=net, patch_size=patch,
-               target_spacing=[float(s) for s in spacing] if spacing else None,
-               normalization=Normalization.from_dict(d.get("normalization") or {}),
-               batch_size=_number(d, "batch_size", 4, int, 1), iterations=_number(d, "iterations", 1000, int, 1),
-               optimizer=optimizer, learning_rate=_number(d, "learning_rate", 3e-4, float, 0, low_open=True),
-               foreground_fraction=_number(d, "foreground_fraction", 0.5, float, 0, 1),
-               validation_interval=_number(d, "validation_interval", 100, int, 1), seed=_number(d, "seed", 0, int, 0),
-               device=str(d.get("device", "auto")), amp=bool(d.get("amp", True)),
+               technique=resolve_technique(d.get("technique", job_default("technique"))), loss=_value(d, "loss"),
+               network=net, patch_size=patch, target_spacing=[float(s) for s in spacing] if spacing else None,
+               normalization=Normalization.from_dict(d.get("normalization") or job_default("normalization")),
+               batch_size=_value(d, "batch_size"), iterations=_value(d, "iterations"),
+               optimizer=_value(d, "optimizer"), learning_rate=_value(d, "learning_rate"),
+               foreground_fraction=_value(d, "foreground_fraction"),
+               validation_interval=_value(d, "validation_interval"), seed=_value(d, "seed"),
+               device=_value(d, "device"), amp=_value(d, "amp"),
                initial_checkpoint=Path(_resolve_path(base_dir, init)) if init else None,
-               logit_statistics=bool(d.get("logit_statistics", True)))
+               logit_statistics=_value(d, "logit_statistics"))
 
 
 def load_job(path: Path) -> Job:

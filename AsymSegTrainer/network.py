@@ -8,6 +8,7 @@ size, technique, versions, seed), ``state_dict``, ``optimizer``, ``iteration``.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Optional, Tuple
@@ -17,26 +18,31 @@ from torch import nn
 
 from .errors import InputError
 from .files import atomic_output
+from .protocol import CHOICES, job_default
 
 MODEL_FORMAT = "asymseg-model"
 MODEL_VERSION = 1
-DEFAULT_NETWORK = {"name": "unet", "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2}
 
 
 def network_config(config: Optional[dict]) -> dict:
-    """Fill defaults and validate a job's ``network`` object."""
+    """Fill defaults (protocol.json) and validate a job's ``network`` object."""
     config = dict(config or {})
-    name = config.setdefault("name", "unet")
+    name = config.setdefault("name", job_default("network")["name"])
+    if name not in CHOICES["network"]:
+        raise InputError(f"network.name '{name}' is not supported.",
+                         "Use 'unet' (MONAI UNet) or 'dynunet' (MONAI DynUNet).")
+    defaults = copy.deepcopy(CHOICES["network"][name])
+    unknown = sorted(set(config) - set(defaults) - {"name"})
+    if unknown:
+        raise InputError(f"network has unknown setting(s) {unknown} for '{name}'.",
+                         f"Known settings of '{name}': {', '.join(sorted(defaults))}.")
+    merged = {"name": name, **defaults, **config}
     if name == "unet":
-        merged = {**DEFAULT_NETWORK, **config}
         if len(merged["channels"]) != len(merged["strides"]) + 1:
             raise InputError(f"network.channels has {len(merged['channels'])} entries and network.strides "
                              f"{len(merged['strides'])}; UNet needs one more channel entry than strides.",
                              "E.g. channels [16, 32, 64, 128] with strides [2, 2, 2].")
-        return merged
-    if name == "dynunet":
-        return {"name": "dynunet", "filters": [16, 32, 64, 128], "strides": [1, 2, 2, 2], **config}
-    raise InputError(f"network.name '{name}' is not supported.", "Use 'unet' (MONAI UNet) or 'dynunet' (MONAI DynUNet).")
+    return merged
 
 
 def downsampling_factor(config: dict) -> int:

@@ -3,7 +3,8 @@
 One iteration (METHOD.md §4, "Combination"): a clean term on the sampled batch with the
 margin/focal loss; with adversarial training, one extra direction computation and one extra
 term on ``(x + r_adv, y)``; with mixup, one extra term on the batch mixed with its reverse
-and the asymmetric mixup targets. The terms are summed and one optimiser step is taken.
+(``regularizers.mixup_batch``) and the asymmetric mixup targets. The terms are summed and one
+optimiser step is taken.
 Cancel (SIGTERM / SIGINT / ``OUT/STOP``) finishes the iteration and writes ``model_last.pt``.
 """
 
@@ -29,13 +30,19 @@ from .losses import AsymmetricLoss
 from .metrics import case_metrics, summarize
 from .network import build_network, load_model_file, load_weights, save_model
 from .prediction import predict_logits
-from .regularizers import adversarial_perturbation, choose_patches_to_augment, mixup_targets, sample_mixup_lambda
+from .regularizers import (adversarial_perturbation, choose_patches_to_augment, mixup_batch, mixup_targets,
+                           sample_mixup_lambda)
 from .runtime import autocast, needs_grad_scaler, resolve_device, seed_everything, versions
 from .sampling import PatchSampler
 
 STOP_FILE = "STOP"
 LAST, BEST = "model_last.pt", "model_best.pt"
 POLY_EXPONENT = 0.9  # nnU-Net's polynomial learning-rate decay
+OPTIMIZERS = {  # the job's ``optimizer`` choices (protocol.json)
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "rmsprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True),
+}
 
 
 class StopRequest:
@@ -130,43 +137,57 @@ class Trainer:
                 "versions": versions(), "seed": job.seed, "iterations": job.iterations}
 
     def _build(self, resume: bool) -> int:
+        """Network, optimiser and loss; returns the iteration to start from."""
+        self._build_network()
+        self.optimizer = OPTIMIZERS[self.job.optimizer](self.model.parameters(), self.job.learning_rate)
+        self._build_loss()
+        self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.device, self.job.amp) else None
+        if resume:
+            return self._resume()
+        if self.job.initial_checkpoint:
+            self._load_initial_checkpoint()
+        return 0
+
+    def _build_network(self) -> None:
         job = self.job
-        num_classes = job.class_map.num_classes
-        self.model = build_network(job.network, len(job.channels), num_classes, self.spatial_dims).to(self.device)
+        self.model = build_network(job.network, len(job.channels), job.class_map.num_classes,
+                                   self.spatial_dims).to(self.device)
         if self.device.type == "cuda" and self.spatial_dims == 3:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
-        make = {"adam": lambda p: torch.optim.Adam(p, lr=job.learning_rate),
-                "rmsprop": lambda p: torch.optim.RMSprop(p, lr=job.learning_rate),
-                "sgd": lambda p: torch.optim.SGD(p, lr=job.learning_rate, momentum=0.9, nesterov=True)}
-        self.optimizer = make[job.optimizer](self.model.parameters())
-        ce_weight, dice_weight = LOSSES[job.loss]
-        t = job.technique
-        self.loss = AsymmetricLoss(job.rarity, margin=t.margin, gamma=t.gamma, symmetric=t.symmetric,
+
+    def _build_loss(self) -> None:
+        ce_weight, dice_weight = LOSSES[self.job.loss]
+        t = self.job.technique
+        self.loss = AsymmetricLoss(self.job.rarity, margin=t.margin, gamma=t.gamma, symmetric=t.symmetric,
                                    ce_weight=ce_weight, dice_weight=dice_weight)
-        self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.device, job.amp) else None
-        start = 0
+
+    def _resume(self) -> int:
+        """Weights, optimiser state and iteration of ``model_last.pt``; 0 when there is none."""
         last = self.out / LAST
-        if resume and last.exists():
-            state, _ = load_model_file(last)
-            load_weights(self.model, state["state_dict"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            start = int(state["iteration"])
-            self.model_path = last
-            self.sink.log(f"Resuming from {last} at iteration {start}.")
-        elif resume:
+        if not last.exists():
             self.sink.warning(f"--resume was given but {last} does not exist; starting from scratch.")
-        elif job.initial_checkpoint:
-            state, meta = load_model_file(job.initial_checkpoint)
-            if len(meta.get("channels", [])) != len(job.channels):
-                raise InputError(f"The initial model {job.initial_checkpoint} takes {len(meta['channels'])} channel(s) "
-                                 f"{meta['channels']} but the job has {len(job.channels)} {job.channels}.",
-                                 "Fine-tune with images of the same channels, or start without initial_checkpoint.")
-            reset = load_weights(self.model, state["state_dict"])
-            if reset:
-                self.sink.warning(f"The initial model has {len(meta.get('class_names', []))} classes and this job "
-                                  f"{num_classes}: the output layer was re-initialised ({', '.join(reset)}).",
-                                  "Expected when fine-tuning to other classes; everything else is kept.")
+            return 0
+        state, _ = load_model_file(last)
+        load_weights(self.model, state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.model_path = last
+        start = int(state["iteration"])
+        self.sink.log(f"Resuming from {last} at iteration {start}.")
         return start
+
+    def _load_initial_checkpoint(self) -> None:
+        """Fine-tune from another model: same channels; a different class count resets the output layer."""
+        job = self.job
+        state, meta = load_model_file(job.initial_checkpoint)
+        if len(meta.get("channels", [])) != len(job.channels):
+            raise InputError(f"The initial model {job.initial_checkpoint} takes {len(meta['channels'])} channel(s) "
+                             f"{meta['channels']} but the job has {len(job.channels)} {job.channels}.",
+                             "Fine-tune with images of the same channels, or start without initial_checkpoint.")
+        reset = load_weights(self.model, state["state_dict"])
+        if reset:
+            self.sink.warning(f"The initial model has {len(meta.get('class_names', []))} classes and this job "
+                              f"{job.class_map.num_classes}: the output layer was re-initialised ({', '.join(reset)}).",
+                              "Expected when fine-tuning to other classes; everything else is kept.")
 
     # ---------------------------------------------------------------- one iteration
     def _batch(self, sampler: PatchSampler, rng: np.random.Generator, augment):
@@ -198,8 +219,8 @@ class Trainer:
                 terms["adversarial"] = self.loss(self.model(x + r_adv), y)
             if t.mixup:
                 lam = sample_mixup_lambda(t.mixup_alpha, rng)
-                x_mix = lam * x + (1 - lam) * x.flip(0)
-                y_mix = mixup_targets(y, y.flip(0), lam, rare, t.mixup_margin, symmetric=t.symmetric)
+                x_mix, y_i, y_k = mixup_batch(x, y, lam)
+                y_mix = mixup_targets(y_i, y_k, lam, rare, t.mixup_margin, symmetric=t.symmetric)
                 terms["mixup"] = self.loss(self.model(x_mix), y_mix)
         total = sum(terms.values())
         if not torch.isfinite(total):
@@ -222,7 +243,8 @@ class Trainer:
         return predict_logits(self.model, case.image, self.job.patch_size, self.device, self.spatial_dims,
                               amp=self.amp)
 
-    def _validate(self, iteration: int) -> float:
+    def _validate(self, iteration: int) -> bool:
+        """Validation metrics at ``iteration`` (a ``validation`` event); True when the mean DSC is the best so far."""
         names = self.job.class_map.names
         per_class = {name: {"dsc": [], "sensitivity": [], "precision": []} for name in names[1:]}
         for case in self.val_cases:

@@ -1,4 +1,4 @@
-"""Starting, reading and stopping the engine child process (protocol.md; SLICER.md "Background work").
+"""Starting, reading and stopping the engine child process (docs/protocol.md).
 
 Qt-free and non-blocking. Two reader threads put stdout and stderr lines on a queue;
 ``poll()`` drains it (in Slicer from a ``qt.QTimer`` on the GUI thread, in tests from a plain
@@ -26,21 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from .Events import Event, parseLine
-
-ENGINE_PACKAGE = "AsymSegTrainer"
-
-
-def engineFolder(candidates: Optional[list] = None) -> Optional[Path]:
-    """The folder that contains the ``AsymSegTrainer`` package.
-
-    Installed extension: the module's script folder (CMake installs the package beside
-    ``AsymSeg.py``). Source checkout: the repository root, beside ``AsymSeg/``.
-    """
-    here = Path(__file__).resolve().parent  # .../AsymSegLib
-    for folder in candidates or [here.parent, here.parent.parent]:
-        if (Path(folder) / ENGINE_PACKAGE / "__init__.py").is_file():
-            return Path(folder)
-    return None
+from .Protocol import ENGINE_PACKAGE, engineFolder  # noqa: F401 - engineFolder is part of this module's API
 
 
 def pythonExecutable() -> str:
@@ -233,12 +219,16 @@ class EngineProcess:
             psutil.wait_procs(victims, timeout=5)
         if os.name == "nt":
             subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.proc.pid)], capture_output=True, check=False)
-        else:
+        self._killGroup()
+        self._killDeadline = None
+
+    def _killGroup(self) -> None:
+        """SIGKILL the child's process group (POSIX: the child leads its own session)."""
+        if os.name != "nt" and self.proc is not None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError, OSError):
                 pass
-        self._killDeadline = None
 
     @property
     def descendants(self) -> set:
@@ -258,11 +248,7 @@ class EngineProcess:
 
     def _cleanupGroup(self) -> None:
         """After the child exited: stray processes of its group (orphaned workers) go too."""
-        if os.name != "nt" and self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError, OSError):
-                pass
+        self._killGroup()
         psutil = _psutil()
         if psutil is not None:
             for process in list(self._processes.values()):

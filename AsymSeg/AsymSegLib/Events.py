@@ -1,4 +1,4 @@
-"""Engine events and exit codes as typed objects (protocol.md, "Events" and "Exit codes").
+"""Engine events and exit codes as typed objects (docs/protocol.md, "Events" and "Exit codes").
 
 Qt-free. ``parseLine`` turns one stdout line into an event; a line that is not a JSON
 object with a known ``type`` becomes a ``LogLine`` (never an exception), so a stray print
@@ -13,42 +13,19 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
-class EventType(str, enum.Enum):
-    START = "start"
-    PROGRESS = "progress"
-    VALIDATION = "validation"
-    WARNING = "warning"
-    CHECKPOINT = "checkpoint"
-    ERROR = "error"
-    DONE = "done"
-    LOG = "log"          # not a protocol event: a human-readable line (stderr or non-JSON stdout)
+from .Protocol import protocol
 
+# The protocol's event types (protocol.json), plus LOG: not a protocol event but a human-readable
+# line (stderr or non-JSON stdout).
+EventType = enum.Enum("EventType", {**{e["type"].upper().replace("-", "_"): e["type"] for e in protocol()["events"]},
+                                    "LOG": "log"}, type=str, module=__name__)
 
-class ExitCode(enum.IntEnum):
-    FINISHED = 0
-    INTERNAL = 1
-    USAGE = 2
-    INPUT = 3
-    RESOURCE = 4
-    DIVERGENCE = 5
-    CANCELLED = 10
+# The engine's exit codes (protocol.json): FINISHED, INTERNAL, USAGE, INPUT, RESOURCE, DIVERGENCE, CANCELLED.
+ExitCode = enum.IntEnum("ExitCode", {e["name"].upper(): e["code"] for e in protocol()["exit_codes"]},
+                        module=__name__)
 
-
-EXIT_MESSAGES = {
-    ExitCode.FINISHED: ("Finished.", ""),
-    ExitCode.INTERNAL: ("The engine stopped with an internal error.",
-                        "Please report it with the log.txt file of the output folder."),
-    ExitCode.USAGE: ("The engine did not understand its command line.",
-                     "The AsymSeg module and its engine may be from different versions: reinstall the extension."),
-    ExitCode.INPUT: ("The engine rejected its input (job, image, label, mask or model file).",
-                     "Read the message above, fix the data or settings and start again."),
-    ExitCode.RESOURCE: ("The machine could not run the job (GPU absent, out of memory, disk full or "
-                        "folder not writable).",
-                        "Choose a smaller patch or batch size, the CPU, or another output folder."),
-    ExitCode.DIVERGENCE: ("Training diverged: a loss became NaN or infinite.",
-                          "Lower the learning rate or the technique's hyper-parameters."),
-    ExitCode.CANCELLED: ("Cancelled.", "Resume later from the last checkpoint."),
-}
+# exit code -> (message, hint) shown by the panel
+EXIT_MESSAGES = {ExitCode(e["code"]): (e["message"], e["hint"]) for e in protocol()["exit_codes"]}
 
 
 def exitMessage(code: Optional[int]) -> tuple[str, str]:

@@ -1,7 +1,8 @@
-"""Training settings (the Technique panel) and the job spec they become (protocol.md, version 1).
+"""Training settings (the Technique panel) and the job spec they become (docs/protocol.md).
 
-Qt-free. ``TrainingSettings`` is what the panel edits; ``buildJob`` combines it with an
-``ExportResult`` into the job dictionary; ``writeJob`` writes ``job.json``.
+Qt-free. ``TrainingSettings`` is what the panel edits, with the engine's job defaults and
+ranges (``protocol.json``); ``buildJob`` combines it with an ``ExportResult`` into the job
+dictionary; ``writeJob`` writes ``job.json``.
 """
 
 from __future__ import annotations
@@ -13,28 +14,39 @@ from pathlib import Path
 from typing import Optional
 
 from .Presets import RECOMMENDED, techniqueSpec
+from .Protocol import jobDefault, jobFields, protocol
 
-DEVICE_AUTO = "auto"
+DEVICE_AUTO = jobDefault("device")
+
+
+def _outOfRange(name: str, value: float) -> bool:
+    """True when ``value`` is outside the engine's range of job field ``name``."""
+    spec = jobFields()[name]
+    low, high = spec.get("minimum"), spec.get("maximum")
+    tooLow = low is not None and (value <= low if spec.get("minimum_open") else value < low)
+    return tooLow or (high is not None and value > high)
 
 
 @dataclass
 class TrainingSettings:
     preset: str = RECOMMENDED
     technique: dict = field(default_factory=dict)  # values shown for the preset's settings
-    iterations: int = 1000
-    patchSize: tuple = (48, 48, 48)                 # (z, y, x) voxels
-    batchSize: int = 4
-    learningRate: float = 3e-4
-    validationInterval: int = 100
+    iterations: int = jobDefault("iterations")
+    patchSize: tuple = tuple(jobDefault("patch_size"))  # (z, y, x) voxels
+    batchSize: int = jobDefault("batch_size")
+    learningRate: float = jobDefault("learning_rate")
+    validationInterval: int = jobDefault("validation_interval")
     device: str = DEVICE_AUTO
     initialModel: str = ""
-    loss: str = "ce"
+    loss: str = jobDefault("loss")
     network: Optional[dict] = None                 # engine default when None
     extra: dict = field(default_factory=dict)      # further job keys, passed through
 
     def downsamplingFactor(self) -> int:
-        """Product of the network's strides (the engine's default UNet: 2 x 2 x 2 = 8)."""
-        strides = (self.network or {}).get("strides", [2, 2, 2])
+        """Product of the network's strides (the engine's default network when none is set)."""
+        network = self.network or jobDefault("network")
+        defaults = protocol()["job"]["choices"]["network"][network.get("name", jobDefault("network")["name"])]
+        strides = network.get("strides", defaults["strides"])
         factor = 1
         for stride in strides:
             factor *= int(stride if isinstance(stride, int) else max(stride))
@@ -42,7 +54,7 @@ class TrainingSettings:
 
     def problems(self) -> list[str]:
         found = []
-        if self.iterations < 1:
+        if _outOfRange("iterations", self.iterations):
             found.append("Iterations must be at least 1.")
         if len(self.patchSize) != 3 or any(int(p) < 1 for p in self.patchSize):
             found.append("Patch size needs three positive sizes (z, y, x).")
@@ -52,10 +64,11 @@ class TrainingSettings:
             if bad:
                 found.append(f"Patch sizes {bad} are not multiples of {factor} (the network halves the patch "
                              f"{factor.bit_length() - 1} times); use 1 for z on 2D images.")
-        if self.batchSize < 1:
+        if _outOfRange("batch_size", self.batchSize):
             found.append("Batch size must be at least 1.")
-        if not (0 < self.learningRate < 1):
-            found.append("Learning rate must lie in (0, 1).")
+        if _outOfRange("learning_rate", self.learningRate):
+            spec = jobFields()["learning_rate"]
+            found.append(f"Learning rate must lie in ({spec['minimum']:g}, {spec['maximum']:g}].")
         if self.initialModel and not Path(self.initialModel).is_file():
             found.append(f"Initial model file not found: {self.initialModel}")
         try:
@@ -71,8 +84,8 @@ def buildJob(export, settings: TrainingSettings, output: str = "out") -> dict:
     if problems:
         raise ValueError(" ".join(problems))
     job = {
-        "format": "asymseg-job",
-        "version": 1,
+        "format": protocol()["job"]["format"],
+        "version": protocol()["job"]["version"],
         "output": output,
         "channels": list(export.channels),
         "cases": [{"id": c.id, "images": list(c.images), "label": c.label, "role": c.role} for c in export.cases],

@@ -1,12 +1,15 @@
 """The module's parameter node: what a saved scene restores in the panels.
 
-``AsymSegParameters`` lists the fields (type hints and defaults). Inside Slicer (>= 5.4)
-``parameterNodeClass()`` wraps it with ``slicer.parameterNodeWrapper`` so the widgets whose
-``SlicerParameterName`` dynamic property names a field are bound with ``connectGui``.
-``settingsFromParameters`` turns any object with these fields into ``TrainingSettings``
-(tested with a plain instance; slicer-core has no parameter node wrapper). The case table is
-stored in the same node by ``CaseStore``. Machine-specific choices (device, folders, model
-paths) are not here but in ``qt.QSettings`` (the widget).
+``AsymSegParameters`` lists the fields (type hints and defaults), built from the engine's
+``protocol.json``: one float field per numeric technique setting (camelCase of its name,
+default of the recommended preset or the setting's own) and the training fields the panel
+edits (job defaults). Inside Slicer (>= 5.4) ``parameterNodeClass()`` wraps it with
+``slicer.parameterNodeWrapper`` so the widgets whose ``SlicerParameterName`` dynamic
+property names a field are bound with ``connectGui``. ``settingsFromParameters`` turns any
+object with these fields into ``TrainingSettings`` (tested with a plain instance;
+slicer-core has no parameter node wrapper). The case table is stored in the same node by
+``CaseStore``. Machine-specific choices (device, folders, model paths) are not here but in
+``qt.QSettings`` (the widget).
 
 No ``from __future__ import annotations`` here: the wrapper reads real type objects.
 """
@@ -14,35 +17,40 @@ No ``from __future__ import annotations`` here: the wrapper reads real type obje
 import typing
 
 from .JobSpec import TrainingSettings
-from .Presets import RECOMMENDED
+from .Presets import PRESETS, RECOMMENDED, SETTINGS
+from .Protocol import jobDefault
 
 
-class AsymSegParameters:
-    """Fields and defaults of the parameter node (the Technique panel and the class rarity)."""
-
-    preset: str = RECOMMENDED
-    margin: float = 1.0
-    gamma: float = 2.0
-    xi: float = 1e-5
-    l: float = 10.0  # noqa: E741 - the paper's symbol
-    mixupAlpha: float = 1.0
-    mixupMargin: float = 0.2
-    pFg: float = 1.0
-    pBg: float = 0.25
-    iterations: int = 1000
-    patchZ: int = 48
-    patchY: int = 48
-    patchX: int = 48
-    batchSize: int = 4
-    learningRate: float = 3e-4
-    validationInterval: int = 100
-    rarityJson: str = "{}"   # class name -> rarity, as JSON (restored onto the Classes panel)
-    lastModel: str = ""      # model of the last finished training in this scene
+def camelCase(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 # protocol technique setting -> parameter field
-TECHNIQUE_FIELDS = {"margin": "margin", "gamma": "gamma", "xi": "xi", "l": "l", "mixup_alpha": "mixupAlpha",
-                    "mixup_margin": "mixupMargin", "p_fg": "pFg", "p_bg": "pBg"}
+TECHNIQUE_FIELDS = {key: camelCase(key) for key in SETTINGS}
+
+_PATCH = jobDefault("patch_size")
+_FIELDS = {
+    "preset": (str, RECOMMENDED),
+    **{field: (float, PRESETS[RECOMMENDED].defaults.get(key, SETTINGS[key].default))
+       for key, field in TECHNIQUE_FIELDS.items()},
+    "iterations": (int, jobDefault("iterations")),
+    "patchZ": (int, _PATCH[0]),
+    "patchY": (int, _PATCH[1]),
+    "patchX": (int, _PATCH[2]),
+    "batchSize": (int, jobDefault("batch_size")),
+    "learningRate": (float, jobDefault("learning_rate")),
+    "validationInterval": (int, jobDefault("validation_interval")),
+    "rarityJson": (str, "{}"),   # class name -> rarity, as JSON (restored onto the Classes panel)
+    "lastModel": (str, ""),      # model of the last finished training in this scene
+}
+
+AsymSegParameters = type("AsymSegParameters", (), {
+    "__annotations__": {name: kind for name, (kind, _) in _FIELDS.items()},
+    **{name: default for name, (_, default) in _FIELDS.items()},
+    "__module__": __name__,
+    "__doc__": "Fields and defaults of the parameter node (the Technique panel and the class rarity).",
+})
 
 
 def fieldDefaults() -> dict:
