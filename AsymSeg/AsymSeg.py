@@ -2,13 +2,18 @@
 
 3D Slicer scripted module. The training itself runs in a separate engine process
 (``python -m AsymSegTrainer``, docs/protocol.md); this module never imports torch, MONAI or
-the engine. Layout: metadata (``AsymSeg``), a thin widget (``AsymSegWidget``; the panels are
-``AsymSegLib.Widget``), the logic entry point (``AsymSegLogic``) and a self test
-(``AsymSegTest``) that runs export -> engine -> import on generated data.
+the engine. Layout: metadata (``AsymSeg``), a thin widget (``AsymSegWidget``; the panel is
+``AsymSegLib.Widget``, one file per section), the logic entry point (``AsymSegLogic``) and a
+self test (``AsymSegTest``) that runs export -> engine -> import on generated data.
 """
 
+import ast
+import graphlib
+import importlib
 import os
+import sys
 import time
+from pathlib import Path
 
 import slicer
 from slicer.ScriptedLoadableModule import (
@@ -18,7 +23,12 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 
+from AsymSegLib.CaseStore import ParameterNodeCaseStore
+from AsymSegLib.Dependencies import SlicerDependencies
+from AsymSegLib.Devices import LocalDevices
 from AsymSegLib.Logic import AsymSegCoreLogic
+
+LIBRARY = "AsymSegLib"
 
 PAPER = ('Z. Li, K. Kamnitsas, B. Glocker, "Analyzing Overfitting under Class Imbalance in Neural Networks for '
          'Image Segmentation", IEEE Transactions on Medical Imaging 40(3), 2021 (early access 2020), '
@@ -55,8 +65,24 @@ class AsymSeg(ScriptedLoadableModule):
         )
 
 
+def reloadLibrary(package: str = LIBRARY) -> list[str]:
+    """``importlib.reload`` every loaded ``package.*`` module, each after the sibling modules it
+    imports at its top, so every reloaded module binds reloaded names. Returns the reload order."""
+    loaded = {name: module for name, module in sys.modules.items()
+              if name.startswith(package + ".") and getattr(module, "__file__", None)}
+    imports = {}
+    for name, module in loaded.items():
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        imports[name] = {f"{package}.{node.module}" for node in tree.body
+                         if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module} & loaded.keys()
+    order = list(graphlib.TopologicalSorter(imports).static_order())
+    for name in order:
+        importlib.reload(loaded[name])
+    return order
+
+
 class AsymSegWidget(ScriptedLoadableModuleWidget):
-    """Loads the .ui, creates the logic and hands both to ``AsymSegLib.Widget.AsymSegPanel``."""
+    """Loads the .ui, creates the logic and its collaborators, hands them to ``AsymSegLib.Widget.AsymSegPanel``."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -74,12 +100,17 @@ class AsymSegWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = AsymSegLogic()
-        self.panel = AsymSegPanel(self.ui, self.logic)
+        self.panel = AsymSegPanel(self.ui, self.logic, SlicerDependencies(), LocalDevices(), ParameterNodeCaseStore())
         scene = slicer.mrmlScene
         self._observers = [scene.AddObserver(scene.StartCloseEvent, self.onSceneStartClose),
                            scene.AddObserver(scene.EndCloseEvent, self.onSceneEndClose),
                            scene.AddObserver(scene.EndImportEvent, self.onSceneEndImport)]
         self.initializeParameterNode()
+
+    def onReload(self):
+        """Developer reload: the AsymSegLib files too (Slicer's own reload re-reads AsymSeg.py only)."""
+        reloadLibrary()
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self):
         for tag in self._observers:

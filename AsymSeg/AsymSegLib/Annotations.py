@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .Cases import isLabelmap, isSegmentation
+from .SceneUtils import mrmlScene, removeWithDependents
 
 
 @dataclass
@@ -29,12 +30,6 @@ class AnnotationArray:
     segments: list           # SegmentInfo per segment (segmentation), [] for a labelmap
     names: dict              # raw value -> name from a user colour table (labelmap), else {}
     colors: dict             # raw value -> (r, g, b)
-
-
-def _scene():
-    import slicer
-
-    return slicer.mrmlScene
 
 
 def colorTableNames(labelmapNode) -> tuple[dict, dict]:
@@ -87,7 +82,7 @@ def _exportSegmentation(segmentationNode, referenceVolume) -> AnnotationArray:
     shape = tuple(reversed(referenceVolume.GetImageData().GetDimensions()))
     if not segments:
         return AnnotationArray(np.zeros(shape, np.uint8), [], {}, {})
-    scene = _scene()
+    scene = mrmlScene()
     temporary = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__AsymSegExport__")
     try:
         logic = slicer.modules.segmentations.logic()
@@ -96,20 +91,8 @@ def _exportSegmentation(segmentationNode, referenceVolume) -> AnnotationArray:
                                f"'{referenceVolume.GetName()}'.")
         array = np.array(slicer.util.arrayFromVolume(temporary), copy=True)
     finally:
-        _removeWithDependents(scene, temporary)
+        removeWithDependents(scene, temporary)
     if array.shape != shape:
         raise RuntimeError(f"Exported segmentation '{segmentationNode.GetName()}' has shape {array.shape}, "
                            f"expected {shape}.")
     return AnnotationArray(array, segments, {}, {s.provisionalValue: s.color for s in segments})
-
-
-def _removeWithDependents(scene, volumeNode) -> None:
-    display = volumeNode.GetDisplayNode()
-    colorNode = display.GetColorNode() if display is not None else None
-    storage = volumeNode.GetStorageNode()
-    scene.RemoveNode(volumeNode)
-    for node in (display, storage):
-        if node is not None and scene.IsNodePresent(node):
-            scene.RemoveNode(node)
-    if colorNode is not None and not colorNode.GetSingletonTag() and scene.IsNodePresent(colorNode):
-        scene.RemoveNode(colorNode)

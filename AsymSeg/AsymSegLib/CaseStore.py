@@ -4,12 +4,14 @@ Qt-free. Cases are stored as MRML node references on the ``vtkMRMLScriptedModule
 (``AsymSegCase<i>Channel<c>``, ``AsymSegCase<i>Annotation``) plus string parameters (count,
 roles, channel names): references survive scene save/load and node-ID remapping on import,
 which plain node IDs in strings would not. The ``parameterNodeWrapper`` fields of the same
-node (``ParameterNode.py``) use other names.
+node (``ParameterNode.py``) use other names. The panel receives a ``CaseStoreProtocol``
+(``ParameterNodeCaseStore`` in Slicer, a fake in tests).
 """
 
 from __future__ import annotations
 
 import json
+from typing import Protocol
 
 from .Cases import CaseInput
 
@@ -73,3 +75,20 @@ def loadCases(parameterNode) -> tuple[list[CaseInput], list[str]]:
         role = parameterNode.GetParameter(_roleParameter(index)) or "train"
         cases.append(CaseInput(images, parameterNode.GetNodeReference(_annotationRole(index)), role))
     return cases, channelNames
+
+
+class CaseStoreProtocol(Protocol):
+    """Where the panel keeps its case table (a fake keeps it in memory in widget tests)."""
+
+    def load(self, parameterNode) -> tuple[list[CaseInput], list[str]]: ...
+    def save(self, parameterNode, cases: list[CaseInput], channelNames: list[str]) -> None: ...
+
+
+class ParameterNodeCaseStore:
+    """The case table in the module's parameter node (the ``CaseStoreProtocol`` the module uses)."""
+
+    def load(self, parameterNode) -> tuple[list[CaseInput], list[str]]:
+        return loadCases(parameterNode)
+
+    def save(self, parameterNode, cases: list[CaseInput], channelNames: list[str]) -> None:
+        saveCases(parameterNode, cases, channelNames)

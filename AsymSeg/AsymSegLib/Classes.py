@@ -73,11 +73,7 @@ class ClassCatalog:
         return {c.name: (0.0 if c.isBackground else float(c.rarity)) for c in self.classes}
 
     def setRare(self, name: str, rare: bool) -> None:
-        info = self.byName(name)
-        if info is None or info.isBackground:
-            return
-        info.rare = bool(rare)
-        info.rarity = 1.0 if rare else 0.0
+        self.setRarity(name, 1.0 if rare else 0.0)
 
     def setRarity(self, name: str, rarity: float) -> None:
         info = self.byName(name)

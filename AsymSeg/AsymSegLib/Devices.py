@@ -3,6 +3,7 @@
 Qt-free and torch-free: GPUs are listed with ``nvidia-smi`` (short timeout; absent -> none),
 so the module never imports torch in Slicer's process. The engine validates the choice
 (a ``resource`` error with a hint when the GPU is missing or the torch build lacks CUDA).
+The panel receives a ``DevicesProtocol`` (``LocalDevices`` in Slicer, a fake in tests).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,16 @@ def deviceChoices(gpus: list[GpuInfo]) -> list[tuple[str, str]]:
         memory = f", {gpu.memoryMiB / 1024:.0f} GiB" if gpu.memoryMiB else ""
         choices.append((f"GPU {gpu.index}: {gpu.name}{memory}", f"cuda:{gpu.index}"))
     return choices
+
+
+class DevicesProtocol(Protocol):
+    """What the panel needs to fill its device list (a fake lists made-up GPUs in widget tests)."""
+
+    def choices(self) -> list[tuple[str, str]]: ...
+
+
+class LocalDevices:
+    """The devices of this machine (the ``DevicesProtocol`` the module uses)."""
+
+    def choices(self) -> list[tuple[str, str]]:
+        return deviceChoices(listGpus())

@@ -4,6 +4,10 @@
 typed by ``TrainingLogicProtocol`` so it can be driven by fakes in tests. Every method works
 against ``slicer.mrmlScene``, reached lazily, so this file imports under slicer-core.
 
+Runs go to the output folder the user chose, else ``defaultOutputFolder()``: a training in
+``<output>/<date-time>_<preset>`` (``trainingRunFolder``), applying a model in
+``<output>/inference/<date-time>_<first input volume>`` (``inferenceRunFolder``).
+
 Folder layout of one training run (``runFolder``)::
 
     job.json               the job spec (paths relative to this folder)
@@ -16,8 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -77,6 +81,8 @@ class InferenceResults:
 class TrainingLogicProtocol(Protocol):
     """What the widget needs from the logic (a fake implements it in widget tests)."""
 
+    cancelTimeout: float  # seconds a cancelled engine gets to stop before it is killed
+
     def checkCases(self, cases: list, channelNames: list) -> list: ...
     def discoverClasses(self, cases: list) -> ClassAnalysis: ...
     def prepareTraining(self, cases: list, channelNames: list, settings: TrainingSettings, runFolder,
@@ -89,14 +95,31 @@ class TrainingLogicProtocol(Protocol):
     def importInferenceResults(self, task: EngineTask, referenceVolume, name: str = "") -> InferenceResults: ...
 
 
-def timestampedFolder(root, label: str) -> Path:
+def defaultOutputFolder() -> Path:
+    """Where runs go when the user chose no output folder: ``~/AsymSeg``."""
+    return Path.home() / "AsymSeg"
+
+
+def timestampedFolder(root, label: str, when: Optional[datetime] = None) -> Path:
+    """``root/<date-time>_<label>`` (label made file-name safe, 40 characters at most), not yet
+    existing: ``_2``, ``_3``... is appended when it does. Nothing is created."""
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)[:40]
-    folder = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}_{safe}"
+    folder = Path(root) / f"{(when or datetime.now()).strftime('%Y%m%d-%H%M%S')}_{safe}"
     suffix, candidate = 1, folder
     while candidate.exists():
         suffix += 1
         candidate = folder.with_name(f"{folder.name}_{suffix}")
     return candidate
+
+
+def trainingRunFolder(outputFolder: str, preset: str, when: Optional[datetime] = None) -> Path:
+    """The folder of a new training run: ``<output>/<date-time>_<preset>``."""
+    return timestampedFolder(outputFolder or defaultOutputFolder(), preset, when)
+
+
+def inferenceRunFolder(outputFolder: str, volumeName: str, when: Optional[datetime] = None) -> Path:
+    """The folder of applying a model: ``<output>/inference/<date-time>_<volume>`` (``case`` unnamed)."""
+    return timestampedFolder(Path(outputFolder or defaultOutputFolder()) / "inference", volumeName or "case", when)
 
 
 @dataclass

@@ -16,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from .SceneUtils import mrmlScene
+
 FORMAT = "asymseg-logit-statistics"
 
 
@@ -72,12 +74,6 @@ def logitShift(train: LogitHistograms, unseen: LogitHistograms, g: int, c: int) 
     return None if a is None or b is None else abs(b) - abs(a)
 
 
-def _scene():
-    import slicer
-
-    return slicer.mrmlScene
-
-
 def _visibleRange(arrays: list, centers: np.ndarray, margin: int = 2) -> slice:
     occupied = np.zeros(len(centers), bool)
     for a in arrays:
@@ -108,7 +104,7 @@ def buildLogitCharts(train: LogitHistograms, unseen: Optional[LogitHistograms] =
                          f"{train.classNames}/{train.channelNames} vs {unseen.classNames}/{unseen.channelNames}.")
     if unseen is not None and not np.array_equal(unseen.binEdges, train.binEdges):
         raise ValueError("Training and unseen statistics use different bin edges.")
-    scene = _scene()
+    scene = mrmlScene()
     palette = classColors(train.channelNames, colors)
     palette[0] = (0.35, 0.35, 0.35)  # the background channel drawn in grey rather than black
     charts, tables, seriesByClass, summaryRows = {}, {}, {}, []

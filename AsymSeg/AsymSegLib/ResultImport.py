@@ -15,24 +15,15 @@ from typing import Optional
 
 import numpy as np
 
-from .Annotations import _removeWithDependents
 from .Classes import PALETTE
-
-
-def _scene():
-    import slicer
-
-    return slicer.mrmlScene
+from .SceneUtils import mrmlScene, removeWithDependents, volumeStorage
 
 
 def readLabelmap(path, name: str = "__AsymSegPrediction__"):
     """Read a label image into a new labelmap node in the scene (caller removes it)."""
-    import slicer
-
-    scene = _scene()
+    scene = mrmlScene()
     node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(os.fspath(path))
+    storage = volumeStorage(path)
     storage.SetSingleFile(1)
     if not storage.ReadData(node):
         scene.RemoveNode(node)
@@ -62,7 +53,7 @@ def _colorTable(classNames: list, colors: list):
     table.NamesInitialisedOn()
     for index, (name, color) in enumerate(zip(classNames, colors)):
         table.SetColor(index, name, *color, 0.0 if index == 0 else 1.0)
-    _scene().AddNode(table)
+    mrmlScene().AddNode(table)
     return table
 
 
@@ -75,7 +66,7 @@ def importPrediction(path, classNames: list, referenceVolume, name: str = "",
     """
     import slicer
 
-    scene = _scene()
+    scene = mrmlScene()
     palette = classColors(classNames, colors)
     labelmap = readLabelmap(path)
     table = None
@@ -117,7 +108,7 @@ def importPrediction(path, classNames: list, referenceVolume, name: str = "",
         segmentationNode.SetAttribute("AsymSeg.Prediction", os.fspath(path))
         return segmentationNode
     finally:
-        _removeWithDependents(scene, labelmap)
+        removeWithDependents(scene, labelmap)
         if table is not None and scene.IsNodePresent(table):
             scene.RemoveNode(table)
 
@@ -182,7 +173,7 @@ def tableFromRows(rows: list[dict], columns: list[str], name: str):
     """A new vtkMRMLTableNode: text columns for strings, double columns for numbers (NaN = n/a)."""
     import vtk
 
-    scene = _scene()
+    scene = mrmlScene()
     tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
     table = tableNode.GetTable()
     numeric = {c: all(r.get(c) is None or (isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool))

@@ -9,7 +9,6 @@ never modified and the scene ends with the nodes it started with.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -19,6 +18,7 @@ import numpy as np
 from .Annotations import readAnnotation
 from .Cases import CaseInput, Issue, caseIdentifiers, checkCases, isLabelmap, isSegmentation
 from .Classes import BACKGROUND, ClassAnalysis, discoverClasses
+from .SceneUtils import volumeStorage
 
 IMAGE_EXTENSION = ".nrrd"  # exact geometry (NIfTI stores float32 transforms) and compressed
 
@@ -50,12 +50,9 @@ class ExportResult:
 
 def writeVolume(volumeNode, path: Path) -> Path:
     """Write a volume node (scalar or labelmap) to ``path`` without attaching a storage node."""
-    import slicer
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(os.fspath(path))
+    storage = volumeStorage(path)
     storage.SetUseCompression(1)
     if not storage.WriteData(volumeNode):
         raise RuntimeError(f"Could not write '{volumeNode.GetName()}' to {path}.")

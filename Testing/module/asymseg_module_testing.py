@@ -18,6 +18,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 MODULE_DIR = REPO / "AsymSeg"
 SHIMS = HERE / "shims"
+# The AsymSegLib files that may import qt (the panel and its sections; Slicer only)
+QT_FILES = frozenset({"Widget.py", "QtUtils.py", "TaskPoller.py", "CasesSection.py", "ClassesSection.py",
+                      "TechniqueSection.py", "RunSection.py", "ResultsSection.py"})
 
 for path in (str(MODULE_DIR), str(SHIMS)):
     if path not in sys.path:
@@ -38,9 +41,19 @@ if "slicer.ScriptedLoadableModule" not in sys.modules:  # slicer imported earlie
         if not _name.startswith("_"):
             setattr(slicer, _name, getattr(shim, _name))
 
+from AsymSegLib.Dependencies import DependencyStatus  # noqa: E402
+from AsymSegLib.SceneUtils import removeWithDependents  # noqa: E402
+
 
 class MrmlEnvironment(types.SimpleNamespace):
     """The scene and the logics a test scene needs; ``slicer.mrmlScene`` points at the scene."""
+
+
+def attachLogic(logic, app, scene):
+    """Give a logic (module or slice logic) the application logic and the scene, as Slicer does."""
+    logic.SetMRMLApplicationLogic(app)
+    logic.SetMRMLScene(scene)
+    return logic
 
 
 def buildEnvironment() -> MrmlEnvironment:
@@ -48,20 +61,15 @@ def buildEnvironment() -> MrmlEnvironment:
     slicer.mrmlScene = scene
     app = slicer.vtkSlicerApplicationLogic()
     app.SetMRMLScene(scene)
-    colors = slicer.vtkSlicerColorLogic()
-    colors.SetMRMLApplicationLogic(app)
-    colors.SetMRMLScene(scene)
+    colors = attachLogic(slicer.vtkSlicerColorLogic(), app, scene)
     app.SetColorLogic(colors)
     app.SetModuleLogic("Colors", colors)
     layout = slicer.vtkMRMLLayoutLogic()
     layout.SetMRMLScene(scene)
     logics = {"volumes": slicer.vtkSlicerVolumesLogic(), "segmentations": slicer.vtkSlicerSegmentationsModuleLogic(),
               "plots": slicer.vtkSlicerPlotsLogic()}
-    names = {"volumes": "Volumes", "segmentations": "Segmentations", "plots": "Plots"}
     for key, logic in logics.items():
-        logic.SetMRMLApplicationLogic(app)
-        logic.SetMRMLScene(scene)
-        app.SetModuleLogic(names[key], logic)
+        app.SetModuleLogic(key.capitalize(), attachLogic(logic, app, scene))
     slicer.modules = types.SimpleNamespace(**{k: types.SimpleNamespace(logic=(lambda lg=lg: lg))
                                               for k, lg in logics.items()})
     return MrmlEnvironment(scene=scene, app=app, colors=colors, layout=layout, **logics)
@@ -100,6 +108,16 @@ def addVolume(array, name, matrix=None, labelmap=False):
                                           nodeClassName="vtkMRMLLabelMapVolumeNode" if labelmap else None)
 
 
+def addColorTable(name: str, entries: dict):
+    """A user colour table node: label value -> (name, (r, g, b))."""
+    table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
+    table.SetTypeToUser()
+    table.SetNumberOfColors(max(entries) + 1)
+    for value, (label, rgb) in entries.items():
+        table.SetColor(value, label, *rgb, 1.0)
+    return table
+
+
 def addSegmentation(labelArray, reference, names: dict, name="seg"):
     """A segmentation node made from a label array (value -> segment name), reference geometry set."""
     scene = slicer.mrmlScene
@@ -115,13 +133,7 @@ def addSegmentation(labelArray, reference, names: dict, name="seg"):
     for index in range(seg.GetNumberOfSegments()):
         segment = seg.GetNthSegment(index)
         segment.SetName(names[int(segment.GetLabelValue())])
-    display = temp.GetDisplayNode()
-    color = display.GetColorNode() if display else None
-    scene.RemoveNode(temp)
-    if display is not None and scene.IsNodePresent(display):
-        scene.RemoveNode(display)
-    if color is not None and not color.GetSingletonTag() and scene.IsNodePresent(color):
-        scene.RemoveNode(color)
+    removeWithDependents(scene, temp)
     return segmentation
 
 
@@ -139,3 +151,25 @@ def engineAvailable() -> tuple[bool, str]:
     finally:
         sys.path.remove(str(REPO))
     return True, ""
+
+
+class FakeDependencies:
+    """The engine's packages (a ``DependenciesProtocol``): ``missing`` until installed; records every install.
+
+    ``question`` empty: the installer asks by itself (like ``pip_ensure``).
+    """
+
+    def __init__(self, missing=(), question="Install {}?"):
+        self.status = DependencyStatus("torch" in missing, [m for m in missing if m != "torch"])
+        self.question = question
+        self.installed: list[str] = []
+
+    def check(self):
+        return self.status
+
+    def installQuestion(self, status):
+        return self.question.format(status.describe())
+
+    def install(self, status):
+        self.installed.append(status.describe())
+        self.status = DependencyStatus(False, [])

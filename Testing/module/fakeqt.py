@@ -1,8 +1,9 @@
 """A small stand-in for PythonQt's ``qt`` module and the .ui widgets, for driving the panel in tests.
 
-Only what ``AsymSegLib/Widget.py`` calls is modelled (properties as attributes, ``connect``
-with signal signatures, ``clicked``/``toggled``/... signal objects). Widgets are created from
-the real ``AsymSeg.ui`` by name and class, so a name the panel uses but the .ui lacks fails.
+Only what the panel (``AsymSegLib/Widget.py`` and its sections) calls is modelled (properties
+as attributes, ``connect`` with signal signatures, ``clicked``/``toggled``/... signal objects).
+Widgets are created from the real ``AsymSeg.ui`` by name and class, with its text, tooltip,
+enabled state and spin box ranges, so a name the panel uses but the .ui lacks fails.
 """
 
 from __future__ import annotations
@@ -95,9 +96,14 @@ class QDoubleSpinBox(FakeWidget):
     def __init__(self, *args):
         super().__init__(*args)
         self.value = 0.0
+        self.range = (0.0, 99.99)  # Qt's defaults
+        self.decimals = 2
 
     def setRange(self, low, high):
         self.range = (low, high)
+
+    def setDecimals(self, decimals):
+        self.decimals = decimals
 
     def setSingleStep(self, step):
         pass
@@ -364,10 +370,13 @@ def uiFromFile(path) -> types.SimpleNamespace:
     for element in ET.parse(path).getroot().iter("widget"):
         cls = CLASSES.get(element.get("class"), FakeWidget)
         widget = cls()
-        for prop in element.findall("property"):
-            if prop.get("name") == "text" and prop.find("string") is not None:
-                widget.text = prop.find("string").text or ""
-            if prop.get("name") == "enabled" and prop.find("bool") is not None:
-                widget.enabled = prop.find("bool").text == "true"
+        properties = {prop.get("name"): prop[0].text or "" for prop in element.findall("property") if len(prop)}
+        widget.text = properties.get("text", widget.text)
+        widget.toolTip = properties.get("toolTip", widget.toolTip)
+        widget.enabled = properties.get("enabled", "true") == "true"
+        if isinstance(widget, QDoubleSpinBox):
+            widget.decimals = int(properties.get("decimals", widget.decimals))
+            widget.range = (float(properties.get("minimum", widget.range[0])),
+                            float(properties.get("maximum", widget.range[1])))
         setattr(ui, element.get("name"), widget)
     return ui

@@ -25,7 +25,8 @@ os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from asymseg_module_testing import REPO, buildEnvironment  # noqa: E402  (sets up sys.path, quiet VTK, slicer shim)
+# sets up sys.path, quiet VTK and the slicer shim
+from asymseg_module_testing import REPO, addColorTable, attachLogic, buildEnvironment  # noqa: E402
 
 import numpy as np  # noqa: E402
 import slicer  # noqa: E402
@@ -53,16 +54,13 @@ def phantomCases(folder: Path) -> dict:
     from AsymSegTrainer.phantoms import make_phantom_dataset  # the engine's generator (a script may use it)
 
     dataset = make_phantom_dataset(folder / "phantoms", num_cases=4)
+    table = addColorTable("phantom classes", {1: ("lesion", (0.95, 0.75, 0.1))})
     cases = {}
     for index in range(4):
         case = f"phantom_{index:03d}"
         images = [readVolume(dataset / "imagesTr" / f"{case}_{c:04d}.nii.gz", f"{case} {name}")
                   for c, name in enumerate(("T1", "T2"))]
         label = readVolume(dataset / "labelsTr" / f"{case}.nii.gz", f"{case} lesion", labelmap=True)
-        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", "phantom classes")
-        table.SetTypeToUser()
-        table.SetNumberOfColors(2)
-        table.SetColor(1, "lesion", 0.95, 0.75, 0.1, 1.0)
         label.GetDisplayNode().SetAndObserveColorNodeID(table.GetID())
         cases[case] = (images, label)
     return cases
@@ -82,9 +80,7 @@ def wait(task, timeout=1800):
 def renderSlice(env, background, segmentations, path: Path, size=(560, 560)):
     scene = env.scene
     sliceNode = scene.GetNodeByID("vtkMRMLSliceNodeRed")
-    sliceLogic = slicer.vtkMRMLSliceLogic()
-    sliceLogic.SetMRMLApplicationLogic(env.app)
-    sliceLogic.SetMRMLScene(scene)
+    sliceLogic = attachLogic(slicer.vtkMRMLSliceLogic(), env.app, scene)
     sliceLogic.SetSliceNode(sliceNode)
     sliceLogic.GetSliceCompositeNode().SetBackgroundVolumeID(background.GetID())
     sliceNode.SetDimensions(size[0], size[1], 1)

@@ -4,29 +4,34 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
 import sys
 import types
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 import slicer
 
-from asymseg_module_testing import MODULE_DIR, addSegmentation, addVolume, blobCase, engineAvailable
+from asymseg_module_testing import (MODULE_DIR, FakeDependencies, addSegmentation, addVolume, blobCase,
+                                    engineAvailable)
 
 from AsymSegLib.Cases import CaseInput
-from AsymSegLib.CaseStore import loadCases, saveCases
-from AsymSegLib.Dependencies import checkDependencies
-from AsymSegLib.Devices import deviceChoices, parseNvidiaSmi
+from AsymSegLib.CaseStore import ParameterNodeCaseStore, loadCases, saveCases
+from AsymSegLib.Dependencies import DependencyStatus, SlicerDependencies, checkDependencies, ensureEngineReady
+from AsymSegLib.Devices import LocalDevices, deviceChoices, parseNvidiaSmi
 from AsymSegLib.JobSpec import TrainingSettings, buildJob, writeJob
-from AsymSegLib.Logic import AsymSegCoreLogic, modelInfo
+from AsymSegLib.Logic import (AsymSegCoreLogic, defaultOutputFolder, inferenceRunFolder, modelInfo, timestampedFolder,
+                              trainingRunFolder)
 from AsymSegLib.ParameterNode import AsymSegParameters, fieldDefaults, settingsFromParameters
 from AsymSegLib.Presets import PRESETS, RECOMMENDED, techniqueSpec
 from AsymSegLib.Runs import RunStatus
 from AsymSegLib.SceneExport import exportCases
 from AsymSegLib.Signal import Signal
 
-FAKE = Path(__file__).resolve().parent / "fake_engine"
+HERE = Path(__file__).resolve().parent
+FAKE = HERE / "fake_engine"
 
 
 def test_module_metadata_and_logic_under_the_shim(mrml):
@@ -95,9 +100,10 @@ def test_case_table_survives_scene_save_and_load(mrml, tmp_path):
     annotation = addSegmentation(label, a, {1: "lesion"})
     node = mrml.scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "AsymSeg")
     cases = [CaseInput([a, b], annotation, "validation"), CaseInput([b, None], None, "train")]
+    store = ParameterNodeCaseStore()  # what the panel is given
     saveCases(node, cases, ["FLAIR", "T1"])
-    saveCases(node, cases, ["FLAIR", "T1"])  # idempotent
-    restored, channels = loadCases(node)
+    store.save(node, cases, ["FLAIR", "T1"])  # idempotent
+    restored, channels = store.load(node)
     assert channels == ["FLAIR", "T1"]
     assert [c.images for c in restored] == [[a, b], [b, None]] and restored[0].annotation is annotation
     assert [c.role for c in restored] == ["validation", "train"]
@@ -169,8 +175,68 @@ def test_signal_device_and_dependency_helpers():
     choices = deviceChoices(gpus)
     assert [value for _, value in choices] == ["auto", "cpu", "cuda:0", "cuda:1"]
     assert "140 GiB" in choices[2][0]
+    assert [value for _, value in LocalDevices().choices()][:2] == ["auto", "cpu"]
     status = checkDependencies()
     assert not status.torchMissing and status.ok  # this test machine has the engine's packages
+
+
+def test_engine_readiness_installs_only_what_the_user_agreed_to():
+    asked = []
+
+    def answer(yes):
+        return lambda question: asked.append(question) or yes
+
+    present = FakeDependencies()
+    assert ensureEngineReady(present, answer(False)).ok and not asked and not present.installed
+    missing = FakeDependencies(missing=["torch", "scipy>=1.10"])
+    status = ensureEngineReady(missing, answer(False))
+    assert not status.ok and status.describe() == "torch, scipy" and not missing.installed
+    assert asked == ["Install torch, scipy?"]
+    assert ensureEngineReady(missing, answer(True)).ok and missing.installed == ["torch, scipy"]
+    selfAsking = FakeDependencies(missing=["scipy>=1.10"], question="")  # the installer asks by itself (pip_ensure)
+    assert ensureEngineReady(selfAsking, answer(False)).ok and selfAsking.installed == ["scipy"] and len(asked) == 2
+    # slicer-core has no slicer.packaging.pip_ensure: every missing package is asked for, torch first
+    question = SlicerDependencies().installQuestion(DependencyStatus(True, ["monai>=1.3", "tqdm>=4.65"]))
+    assert question.startswith("AsymSeg's training engine needs these Python packages: torch, monai, tqdm.\n")
+    assert SlicerDependencies().installQuestion(DependencyStatus(False, [])) == ""
+
+
+def test_run_folders_are_named_by_time_and_label(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    when = datetime(2024, 3, 5, 14, 7, 9)
+    assert defaultOutputFolder() == tmp_path / "home" / "AsymSeg"
+    assert trainingRunFolder("", "vanilla", when) == tmp_path / "home" / "AsymSeg" / "20240305-140709_vanilla"
+    runs = tmp_path / "runs"
+    first = trainingRunFolder(str(runs), "asymmetric-focal", when)
+    assert first == runs / "20240305-140709_asymmetric-focal" and not first.exists()  # named, not created
+    first.mkdir(parents=True)
+    assert trainingRunFolder(str(runs), "asymmetric-focal", when) == runs / "20240305-140709_asymmetric-focal_2"
+    assert inferenceRunFolder(str(runs), "c2 T1/FLAIR", when) == runs / "inference" / "20240305-140709_c2_T1_FLAIR"
+    assert inferenceRunFolder("", "", when) == tmp_path / "home" / "AsymSeg" / "inference" / "20240305-140709_case"
+    assert timestampedFolder(runs, "x" * 50, when) == runs / f"20240305-140709_{'x' * 40}"
+
+
+def test_reload_reloads_the_library_then_the_module():
+    """AsymSegWidget.onReload, in a fresh interpreter (reloading here would change the classes other tests hold)."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(HERE)!r})
+import asymseg_module_testing
+import AsymSeg
+import AsymSegLib.Cases, AsymSegLib.Logic, AsymSegLib.Runs, AsymSegLib.Signal
+calls = []
+AsymSeg.ScriptedLoadableModuleWidget.onReload = lambda self: calls.append(AsymSegLib.Logic.CaseInput)
+old = AsymSegLib.Cases.CaseInput
+AsymSeg.AsymSegWidget().onReload()
+assert calls == [AsymSegLib.Cases.CaseInput] and AsymSegLib.Cases.CaseInput is not old, calls
+order = AsymSeg.reloadLibrary()
+assert set(order) == {{n for n in sys.modules if n.startswith("AsymSegLib.")}}, order
+assert order.index("AsymSegLib.Cases") < order.index("AsymSegLib.Logic"), order
+assert order.index("AsymSegLib.Signal") < order.index("AsymSegLib.Runs") < order.index("AsymSegLib.Logic"), order
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
 AVAILABLE, REASON = engineAvailable()

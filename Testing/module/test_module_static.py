@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from asymseg_module_testing import MODULE_DIR, REPO, SHIMS
+from asymseg_module_testing import MODULE_DIR, QT_FILES, REPO, SHIMS
 
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "AsymSeg.ui"
 PY_FILES = sorted(MODULE_DIR.rglob("*.py"))
-QT_FILES = {"Widget.py"}  # the only AsymSegLib file that may import qt/ctk (the panel, Slicer only)
 
 
 def uiTree():
@@ -138,6 +137,22 @@ def test_logic_files_are_qt_free():
             continue
         for name in imports(path):
             assert name.split(".")[0] not in ("qt", "ctk", "PythonQt"), f"{path.name} imports {name}"
+
+
+def test_the_panel_is_imported_in_the_widget_setup_only():
+    """AsymSeg.py imports the Qt files inside AsymSegWidget.setup; no Qt-free file imports one."""
+    assert all((MODULE_DIR / "AsymSegLib" / name).is_file() for name in QT_FILES)
+    qtModules = {Path(name).stem for name in QT_FILES}
+    moduleFile = MODULE_DIR / "AsymSeg.py"
+    for path in PY_FILES:
+        if path.parent.name == "AsymSegLib" and path.name in QT_FILES:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        setup = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "setup"]
+        inSetup = {id(n) for function in setup for n in ast.walk(function)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[-1] in qtModules:
+                assert path == moduleFile and id(node) in inSetup, f"{path.name} imports {node.module}"
 
 
 def test_no_slicer_globals_bound_at_import():

@@ -1,9 +1,11 @@
-"""The Qt panel (AsymSegLib/Widget.py) driven with fake Qt widgets built from the real .ui, real MRML,
-and the fake engine: the panels' flows run here; only real Qt/PythonQt behaviour needs Slicer."""
+"""The Qt panel (AsymSegLib/Widget.py and its sections) driven with fake Qt widgets built from the real .ui,
+real MRML, the fake engine and fakes of its injected collaborators (dependencies, devices, case store):
+the panels' flows run here; only real Qt/PythonQt behaviour needs Slicer."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import time
 import types
@@ -13,15 +15,18 @@ import pytest
 import slicer
 
 import fakeqt
-from asymseg_module_testing import MODULE_DIR, addVolume, blobCase, ijkToRas
+from asymseg_module_testing import MODULE_DIR, QT_FILES, FakeDependencies, addVolume, blobCase, ijkToRas
 
-from AsymSegLib.Devices import GpuInfo
+from AsymSegLib.CaseStore import ParameterNodeCaseStore
+from AsymSegLib.Devices import GpuInfo, deviceChoices
 from AsymSegLib.Logic import AsymSegCoreLogic
-from AsymSegLib.ParameterNode import fieldDefaults
+from AsymSegLib.ParameterNode import TECHNIQUE_FIELDS, fieldDefaults
+from AsymSegLib.Presets import PRESETS, SETTINGS
 from AsymSegLib.Runs import RunStatus
 
 FAKE = Path(__file__).resolve().parent / "fake_engine"
 UI = MODULE_DIR / "Resources" / "UI" / "AsymSeg.ui"
+QT_MODULES = [f"AsymSegLib.{Path(name).stem}" for name in QT_FILES]
 
 
 class FakeParameters:
@@ -41,6 +46,29 @@ class FakeParameters:
         self.connected = None
 
 
+class FakeDevices:
+    def choices(self):
+        return deviceChoices([GpuInfo(0, "Fake GPU", 2048)])
+
+
+class FakeCaseStore:
+    """The case table in memory, by parameter node ID."""
+
+    def __init__(self):
+        self.saved: dict = {}
+
+    def load(self, parameterNode):
+        return self.saved.get(parameterNode.GetID(), ([], []))
+
+    def save(self, parameterNode, cases, channelNames):
+        self.saved[parameterNode.GetID()] = (list(cases), list(channelNames))
+
+
+def popQtModules():
+    for name in QT_MODULES:
+        sys.modules.pop(name, None)
+
+
 @pytest.fixture
 def panelFactory(mrml, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "qt", fakeqt.qtModule())
@@ -52,27 +80,28 @@ def panelFactory(mrml, monkeypatch, tmp_path):
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda *a, **k: errors.append(a[0]))
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **k: None)
     fakeqt.QSettings.store = {"AsymSeg/OutputFolder": str(tmp_path / "runs")}
-    sys.modules.pop("AsymSegLib.Widget", None)
+    popQtModules()
     widget = importlib.import_module("AsymSegLib.Widget")
     monkeypatch.setattr(widget, "parameterNodeClass", lambda: FakeParameters)
-    monkeypatch.setattr(widget, "listGpus", lambda: [GpuInfo(0, "Fake GPU", 2048)])
     node = mrml.scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "AsymSeg")
+    store = FakeCaseStore()
 
-    def make():
+    def make(dependencies=None, caseStore=None, interactive=False):
         ui = fakeqt.uiFromFile(UI)
-        panel = widget.AsymSegPanel(ui, AsymSegCoreLogic(python=sys.executable, engineDirectory=FAKE,
-                                                         cancelTimeout=20), interactive=False)
+        logic = AsymSegCoreLogic(python=sys.executable, engineDirectory=FAKE, cancelTimeout=20)
+        panel = widget.AsymSegPanel(ui, logic, dependencies or FakeDependencies(), FakeDevices(), caseStore or store,
+                                    interactive=interactive)
         panel.setParameterNode(node)
         return panel
 
-    yield types.SimpleNamespace(make=make, errors=errors, node=node)
-    sys.modules.pop("AsymSegLib.Widget", None)  # later tests must not see the fake-qt import
+    yield types.SimpleNamespace(make=make, errors=errors, node=node, store=store)
+    popQtModules()  # later tests must not see the fake-qt imports
 
 
 def runTimer(panel, timeout=60.0):
     deadline = time.time() + timeout
-    while panel._timer.active:
-        panel._timer.fireIfActive()
+    while panel.poller.timer.active:
+        panel.poller.timer.fireIfActive()
         assert time.time() < deadline, "\n".join(panel.ui.logTextEdit.lines[-20:])
         time.sleep(0.02)
 
@@ -84,11 +113,30 @@ def fillCases(panel, count=3):
         image, label = blobCase(index)
         matrix = ijkToRas(origin=(index, 0.0, 0.0))
         panel.ui.addCaseButton.click()
-        row = panel.rows[-1]
+        row = panel.cases.rows[-1]
         row.channelSelectors[0].setCurrentNode(addVolume(image, f"c{index}_t1", matrix))
         row.channelSelectors[1].setCurrentNode(addVolume(image + 1, f"c{index}_t2", matrix))
         row.annotationSelector.setCurrentNode(addVolume(label, f"c{index}_label", matrix, labelmap=True))
-    panel._classesTimer.fireIfActive()
+    panel.classes.timer.fireIfActive()
+
+
+def fakeJob(monkeypatch, panel, **fake):
+    """Make the panel's trainings run the fake engine with ``fake`` (its ``fake`` job object)."""
+    original = panel.logic.prepareTraining
+
+    def prepare(*args, **kwargs):
+        prepared = original(*args, **kwargs)
+        job = json.loads(prepared.jobPath.read_text())
+        job["fake"] = fake
+        prepared.jobPath.write_text(json.dumps(job))
+        return prepared
+
+    monkeypatch.setattr(panel.logic, "prepareTraining", prepare)
+
+
+def smallTraining(panel, iterations=4):
+    panel.parameters.iterations = iterations
+    panel.parameters.patchZ = panel.parameters.patchY = panel.parameters.patchX = 16
 
 
 def test_data_classes_technique_panels(panelFactory):
@@ -100,8 +148,11 @@ def test_data_classes_technique_panels(panelFactory):
     assert not ui.startButton.enabled
     fillCases(panel)
     assert ui.casesTable.headers == ["t1", "t2", "Annotation", "Role", "Check"] and ui.casesTable.rowCount == 3
-    assert [r.roleSelector.currentText for r in panel.rows] == ["train", "train", "validation"]
-    assert "consistent" in ui.dataIssuesLabel.text and all("&#10003;" in r.statusLabel.text for r in panel.rows)
+    assert [r.roleSelector.currentText for r in panel.cases.rows] == ["train", "train", "validation"]
+    cases, channels = panelFactory.store.saved[panelFactory.node.GetID()]  # every edit is saved
+    assert channels == ["t1", "t2"] and [c.role for c in cases] == ["train", "train", "validation"]
+    assert cases[2].annotation.GetName() == "c2_label"
+    assert "consistent" in ui.dataIssuesLabel.text and all("&#10003;" in r.statusLabel.text for r in panel.cases.rows)
     assert ui.classesTable.rowCount == 2 and ui.classesTable.item(1, 0).text == "label_1"
     assert ":" in ui.classesTable.item(1, 3).text and ui.classesTable.cellWidget(1, 4).checked
     assert not ui.classesTable.cellWidget(0, 4).enabled  # background is never rare
@@ -110,9 +161,9 @@ def test_data_classes_technique_panels(panelFactory):
     assert '"label_1": 0.0' in panel.parameters.rarityJson
     # a geometry problem shows inline and blocks Start
     image, label = blobCase(9)
-    panel.rows[0].annotationSelector.setCurrentNode(addVolume(label[:20], "bad", labelmap=True))
+    panel.cases.rows[0].annotationSelector.setCurrentNode(addVolume(label[:20], "bad", labelmap=True))
     assert "Error" in ui.dataIssuesLabel.text and "differs" in ui.dataIssuesLabel.text
-    assert "fix" in panel.rows[0].statusLabel.text and not ui.startButton.enabled
+    assert "fix" in panel.cases.rows[0].statusLabel.text and not ui.startButton.enabled
     # technique: the preset's own fields only, with its defaults
     ui.presetComboBox.setCurrentIndex(ui.presetComboBox.findData("asymmetric-combination"))
     assert panel.parameters.preset == "asymmetric-combination" and panel.parameters.margin == 0.5
@@ -123,50 +174,89 @@ def test_data_classes_technique_panels(panelFactory):
     assert fakeqt.QSettings.store["AsymSeg/Device"] == "cpu"
 
 
-def test_saved_scene_restores_the_cases(panelFactory):
+def test_technique_section_is_built_from_the_presets(panelFactory, monkeypatch):
     panel = panelFactory.make()
+    ui = panel.ui
+    assert ui.presetComboBox.items == [(p.displayLabel(), name) for name, p in PRESETS.items()]
+    for key, setting in SETTINGS.items():
+        spinBox, label = getattr(ui, f"{TECHNIQUE_FIELDS[key]}SpinBox"), getattr(ui, f"{TECHNIQUE_FIELDS[key]}Label")
+        assert spinBox.range == (setting.minimum, setting.maximum) and spinBox.decimals == setting.decimals, key
+        assert spinBox.toolTip == setting.tooltip and label.text == f"{setting.label}:", key
+    for name, preset in PRESETS.items():
+        ui.presetComboBox.setCurrentIndex(ui.presetComboBox.findData(name))
+        assert {key: getattr(panel.parameters, TECHNIQUE_FIELDS[key]) for key in preset.defaults} == preset.defaults
+        assert [key for key in SETTINGS if getattr(ui, f"{TECHNIQUE_FIELDS[key]}SpinBox").visible] == \
+            [key for key in SETTINGS if key in preset.settingKeys], name
+    # another range in SETTINGS reaches the spin box: the .ui's own range is overridden
+    technique = sys.modules["AsymSegLib.TechniqueSection"]
+    margin = types.SimpleNamespace(key="margin", label="Margin (test)", default=1.0, minimum=0.25, maximum=4.5,
+                                   decimals=3, tooltip="From SETTINGS.")
+    monkeypatch.setattr(technique, "SETTINGS", {**SETTINGS, "margin": margin})
+    ui = panelFactory.make().ui
+    assert ui.marginSpinBox.range == (0.25, 4.5) and ui.marginSpinBox.decimals == 3
+    assert ui.marginLabel.text == "Margin (test):" and ui.marginSpinBox.toolTip == "From SETTINGS."
+
+
+def test_saved_scene_restores_the_cases(panelFactory):
+    store = ParameterNodeCaseStore()  # the real store: the table goes through the parameter node
+    panel = panelFactory.make(caseStore=store)
     fillCases(panel, count=2)
-    nodes = [[s.currentNode() for s in r.channelSelectors] for r in panel.rows]
-    restored = panelFactory.make()  # a new panel on the same parameter node (scene reload / module re-entry)
+    nodes = [[s.currentNode() for s in r.channelSelectors] for r in panel.cases.rows]
+    restored = panelFactory.make(caseStore=store)  # a new panel on the same parameter node (scene reload / re-entry)
     assert restored.ui.channelNamesLineEdit.text == "t1, t2"
-    assert [[s.currentNode() for s in r.channelSelectors] for r in restored.rows] == nodes
-    assert [r.annotationSelector.currentNode().GetName() for r in restored.rows] == ["c0_label", "c1_label"]
+    assert [[s.currentNode() for s in r.channelSelectors] for r in restored.cases.rows] == nodes
+    assert [r.annotationSelector.currentNode().GetName() for r in restored.cases.rows] == ["c0_label", "c1_label"]
 
 
-def test_start_train_show_histograms_apply(panelFactory, monkeypatch):
+def test_missing_engine_packages_are_installed_only_when_the_user_agrees(panelFactory, monkeypatch):
+    answers, questions = [False, True], []
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay",
+                        lambda question, **kwargs: questions.append(question) or answers.pop(0), raising=False)
+    dependencies = FakeDependencies(missing=["torch", "monai>=1.3"])
+    panel = panelFactory.make(dependencies=dependencies)  # not interactive: nobody to ask, nothing installed
+    fillCases(panel)
+    smallTraining(panel)
+    panel.ui.startButton.click()
+    assert not questions and not dependencies.installed and panel.poller.task is None
+    assert panel.ui.statusLabel.text == "The engine needs: torch, monai. Install them to train."
+    panel = panelFactory.make(dependencies=dependencies, interactive=True)  # the same cases, restored
+    panel.classes.timer.fireIfActive()
+    smallTraining(panel)
+    panel.ui.startButton.click()  # the user declines
+    assert questions == ["Install torch, monai?"] and not dependencies.installed and panel.poller.task is None
+    panel.ui.startButton.click()  # the user agrees: installed, then the training starts
+    assert dependencies.installed == ["torch, monai"] and panel.poller.running
+    runTimer(panel)
+    assert panel.run.lastTrainingTask.state.status is RunStatus.FINISHED and not panelFactory.errors
+    panel.ui.startButton.click()  # installed now: no more questions
+    assert len(questions) == 2 and dependencies.installed == ["torch, monai"]
+    runTimer(panel)
+
+
+def test_start_train_show_histograms_apply(panelFactory, monkeypatch, tmp_path):
     panel = panelFactory.make()
     ui = panel.ui
     fillCases(panel)
-    panel.parameters.iterations = 4
-    panel.parameters.patchZ = panel.parameters.patchY = panel.parameters.patchX = 16
-    original = panel.logic.prepareTraining
-
-    def prepare(*args, **kwargs):  # the fake engine writes logit statistics when asked in the job
-        prepared = original(*args, **kwargs)
-        import json
-        job = json.loads(prepared.jobPath.read_text())
-        job["fake"] = {"statistics": True, "iterations": 4}
-        prepared.jobPath.write_text(json.dumps(job))
-        return prepared
-
-    monkeypatch.setattr(panel.logic, "prepareTraining", prepare)
+    smallTraining(panel)
+    fakeJob(monkeypatch, panel, statistics=True, iterations=4)  # the fake engine writes logit statistics
     ui.startButton.click()
     assert ui.cancelButton.enabled and not ui.startButton.enabled
     runTimer(panel)
-    state = panel.lastTrainingTask.state
+    state = panel.run.lastTrainingTask.state
     assert state.status is RunStatus.FINISHED, ui.logTextEdit.lines
     assert ui.progressBar.value == 100 and "Finished" in ui.statusLabel.text
     assert "validation @ 4" in ui.metricsLabel.text
     assert ui.modelPathLineEdit.currentPath == state.model == panel.parameters.lastModel
-    assert any(line.startswith("Run folder:") for line in ui.logTextEdit.lines)
-    assert ui.showHistogramsButton.enabled and panel.lastCharts is not None
+    runFolder = Path(ui.logTextEdit.lines[0].removeprefix("Run folder: "))
+    assert runFolder.parent == tmp_path / "runs" and runFolder.name.endswith("_asymmetric-focal")
+    assert ui.showHistogramsButton.enabled and panel.results.charts is not None
     plotView = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLPlotViewNode")
-    assert plotView.GetPlotChartNodeID() == panel.lastCharts.charts["label_1"].GetID()
+    assert plotView.GetPlotChartNodeID() == panel.results.charts.charts["label_1"].GetID()
     # results: the model's channels give the input selectors
     assert [label for label, _ in ui.applyInputsWidget.layout().rows] == ["t1:", "t2:"]
     assert not ui.applyButton.enabled
-    target = panel.rows[2]
-    for selector, channel in zip(panel.applySelectors, target.channelSelectors):
+    target = panel.cases.rows[2]
+    for selector, channel in zip(panel.results.applySelectors, target.channelSelectors):
         selector.setCurrentNode(channel.currentNode())
     ui.groundTruthSelector.setCurrentNode(target.annotationSelector.currentNode())
     assert ui.applyButton.enabled
@@ -175,6 +265,7 @@ def test_start_train_show_histograms_apply(panelFactory, monkeypatch):
     assert "New segmentation" in ui.resultsStatusLabel.text, ui.resultsStatusLabel.text
     assert "Metrics in table" in ui.resultsStatusLabel.text and "Logit histograms" in ui.resultsStatusLabel.text
     assert slicer.mrmlScene.GetFirstNodeByName("c2_t1 AsymSeg") is not None
+    assert [p.name.endswith("_c2_t1") for p in (tmp_path / "runs" / "inference").iterdir()] == [True]
     assert not panelFactory.errors
 
 
@@ -182,43 +273,24 @@ def test_cancel_then_resume_and_failure_display(panelFactory, monkeypatch):
     panel = panelFactory.make()
     ui = panel.ui
     fillCases(panel, count=2)
-    panel.parameters.iterations = 100000
-    panel.parameters.patchZ = panel.parameters.patchY = panel.parameters.patchX = 16
-    original = panel.logic.prepareTraining
-
-    def slow(*args, **kwargs):
-        prepared = original(*args, **kwargs)
-        import json
-        job = json.loads(prepared.jobPath.read_text())
-        job["fake"] = {"iterations": 100000, "sleep": 0.05}
-        prepared.jobPath.write_text(json.dumps(job))
-        return prepared
-
-    monkeypatch.setattr(panel.logic, "prepareTraining", slow)
+    smallTraining(panel, iterations=100000)
+    fakeJob(monkeypatch, panel, iterations=100000, sleep=0.05)
     ui.startButton.click()
     deadline = time.time() + 30
-    while panel.task.state.iteration < 2:
-        panel._timer.fireIfActive()
+    while panel.poller.task.state.iteration < 2:
+        panel.poller.timer.fireIfActive()
         assert time.time() < deadline
         time.sleep(0.02)
     assert "left" in ui.progressBar.format and "iteration" in ui.statusLabel.text
     ui.cancelButton.click()
     assert "Cancelling" in ui.statusLabel.text
     runTimer(panel)
-    assert panel.lastTrainingTask.state.status is RunStatus.CANCELLED
+    assert panel.run.lastTrainingTask.state.status is RunStatus.CANCELLED
     assert "Cancelled" in ui.statusLabel.text and ui.resumeButton.enabled and ui.startButton.enabled
     # an engine failure: message and hint in the status line, no modal dialog in tests
-    def failing(*args, **kwargs):
-        prepared = original(*args, **kwargs)
-        import json
-        job = json.loads(prepared.jobPath.read_text())
-        job["fake"] = {"mode": "error"}
-        prepared.jobPath.write_text(json.dumps(job))
-        return prepared
-
-    monkeypatch.setattr(panel.logic, "prepareTraining", failing)
+    fakeJob(monkeypatch, panel, mode="error")  # replaces the job's whole fake object
     ui.startButton.click()
     runTimer(panel)
-    assert panel.lastTrainingTask.state.status is RunStatus.FAILED
+    assert panel.run.lastTrainingTask.state.status is RunStatus.FAILED
     assert "geometry differs" in ui.statusLabel.text and "Resample" in ui.statusLabel.text
     assert not ui.resumeButton.enabled
