@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from .errors import AsymSegError, ResourceError
+from .errors import CancelledError, InputError, as_user_error
 from .events import EventSink
 from .protocol import CHOICES, EXIT_CODES, PRESETS, RECOMMENDED, exit_code_summary, job_default
 
@@ -32,6 +34,9 @@ def _train(args, sink: EventSink) -> dict:
     if args.job:
         job = load_job(args.job)
     else:
+        if not args.out:
+            raise InputError("train --dataset needs --out, the output folder of the run.",
+                             "Add --out FOLDER (a new or empty folder).")
         settings = {"technique": args.preset, "output": str(Path(args.out).resolve())}
         for key in ("iterations", "batch_size", "patch_size", "learning_rate", "device", "seed", "loss",
                     "target_spacing", "optimizer", "validation_interval"):
@@ -189,18 +194,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cancel(signum, frame) -> None:
+    raise CancelledError(f"Cancelled by signal {signal.Signals(signum).name}.", "Nothing more was written.")
+
+
+def _check_utf8(argv: List[str]) -> None:
+    """Paths reach SimpleITK's C++ as UTF-8: a name with bytes that are not UTF-8 would abort there."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"The argument {arg!r} contains bytes that are not valid UTF-8.",
+                             "Rename the file or folder with plain UTF-8 characters.") from None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     sink = EventSink(json_stdout=args.events)
+    previous = {sig: signal.signal(sig, _cancel) for sig in (signal.SIGTERM, signal.SIGINT)} \
+        if threading.current_thread() is threading.main_thread() else {}
     try:
+        _check_utf8(argv)
         result = args.run(args, sink)
         code = EXIT_CODES["cancelled" if result["status"] == "cancelled" else "finished"]
         sink.emit("done", exit_code=code, **{"model": None, **result})
+    except CancelledError as exc:
+        code = exc.exit_code
+        sink.warning(exc.message, exc.hint)
+        sink.emit("done", status="cancelled", exit_code=code, **{"model": None, **sink.failure_fields()}, outputs={})
     except Exception as exc:  # every failure ends in an error event, a done event and a documented code
-        if type(exc).__name__ == "OutOfMemoryError":
-            exc = ResourceError(f"Out of memory: {exc}".split("\n")[0], "Use a smaller patch or batch size.")
-        if isinstance(exc, AsymSegError):
-            code, kind, message, hint = exc.exit_code, exc.kind, exc.message, exc.hint
+        error = as_user_error(exc)
+        if error is not None:
+            code, kind, message, hint = error.exit_code, error.kind, error.message, error.hint
         else:
             code, kind, message = EXIT_CODES["internal"], "internal", f"{type(exc).__name__}: {exc}"
             hint = "This is a bug in AsymSeg: please report it with the log (OUT/log.txt)."
@@ -208,6 +234,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         sink.emit("error", kind=kind, message=message, hint=hint)
         sink.emit("done", status="failed", exit_code=code, **{"model": None, **sink.failure_fields()}, outputs={})
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sink.close()
     return code
 

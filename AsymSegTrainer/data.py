@@ -15,10 +15,8 @@ Array conventions shared by the whole engine (SimpleITK's numpy order):
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -26,8 +24,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import AsymSegError, InputError
 from .files import atomic_output
+from .imagefiles import check_before_reading, check_finite
 
 SUPPORTED_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
 FORMAT_HINT = "Check that the file is a NIfTI (.nii/.nii.gz), NRRD (.nrrd) or MetaImage (.mha) volume."
@@ -43,31 +42,31 @@ def _extension(path: Path) -> Optional[str]:
 
 
 def read_image(path) -> sitk.Image:
-    """Read a volume; InputError naming the file when it is missing, unreadable or corrupt."""
+    """Read a volume; InputError naming the file when it is missing, unreadable, truncated or holds NaN/inf.
+
+    The payload is checked against the header before reading (imagefiles.py): ITK would fill a
+    short file with zeros.
+    """
     path = Path(path)
+    try:
+        str(path).encode("utf-8")  # SimpleITK takes UTF-8 paths: other bytes would abort in its C++
+    except UnicodeEncodeError:
+        raise InputError(f"The path {str(path)!r} contains bytes that are not valid UTF-8.",
+                         "Rename the file or folder with plain UTF-8 characters.") from None
     if not path.is_file():
         raise InputError(f"Image file not found: {path}", "Check the path (relative paths are resolved against "
                                                           "the dataset folder).")
     try:
+        check_before_reading(path)
         image = sitk.ReadImage(str(path))
+    except AsymSegError:
+        raise
     except RuntimeError as exc:
         # SimpleITK prefixes the reader's reason with its C++ source location: keep the reason.
         reason = str(exc).strip().splitlines()[-1].replace("sitk::ERROR: ", "")
         raise InputError(f"Cannot read image {path}: {reason}", FORMAT_HINT) from exc
-    if path.name.lower().endswith(".gz"):
-        _check_gzip_complete(path)
+    check_finite(image, path)
     return image
-
-
-def _check_gzip_complete(path: Path) -> None:
-    """InputError for a truncated .gz: ITK's NIfTI reader silently fills the missing voxels with 0."""
-    try:
-        with gzip.open(path, "rb") as stream:
-            while stream.read(1 << 24):
-                pass
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"Cannot read image {path}: the compressed file is truncated or corrupt ({exc})",
-                         "Copy or export the file again.") from exc
 
 
 def write_image(array: np.ndarray, reference: sitk.Image, path) -> Path:

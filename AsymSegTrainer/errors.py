@@ -7,6 +7,8 @@ docs/protocol.md all come from ``protocol.json`` (``EXIT_CODES``).
 
 from __future__ import annotations
 
+import errno
+
 from .protocol import EXIT_CODES
 
 
@@ -41,3 +43,22 @@ class DivergenceError(AsymSegError, RuntimeError):
     """A loss term became NaN or infinite."""
 
     kind = "divergence"
+
+
+class CancelledError(AsymSegError):
+    """SIGTERM / SIGINT outside the training loop (which finishes its iteration instead)."""
+
+    kind = "cancelled"
+
+
+def as_user_error(exc: BaseException):
+    """The user-facing error of a machine failure (memory, disk), or None when ``exc`` is not one."""
+    if isinstance(exc, AsymSegError):
+        return exc
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        where = "GPU" if type(exc).__name__ == "OutOfMemoryError" else "computer (RAM)"
+        return ResourceError(f"The {where} ran out of memory: {exc}".split("\n")[0].rstrip(": "),
+                             "Use a smaller patch or batch size, fewer or smaller cases, or close other programs.")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return ResourceError(f"The disk is full: {exc}", "Free disk space or choose an output folder on another disk.")
+    return None

@@ -10,12 +10,28 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import IO, Optional
 
+from .errors import InputError, ResourceError, as_user_error
 from .protocol import EVENT_KEYS
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # POSIX; on Windows the is_symlink check below guards
+
+
+def _open_append(path: Path) -> IO:
+    if path.is_symlink():
+        raise InputError(f"{path} is a symbolic link; AsymSeg writes only regular files in its output folder.",
+                         "Remove the link or choose another output folder.")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise as_user_error(exc) or ResourceError(f"Cannot write {path}: {exc.strerror or exc}.",
+                                                  "Choose an output folder you can write to.") from exc
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def _json_safe(value):
@@ -71,12 +87,26 @@ class EventSink:
         self.failure_fields = dict  # extra keys of a failed run's done event (e.g. the last model)
 
     def attach(self, folder: Path) -> None:
-        """Write events and log lines to ``folder`` from now on (appending); files attached before are closed."""
+        """Write events and log lines to ``folder`` from now on (appending); files attached before are closed.
+
+        The files are opened without following symbolic links: a link planted in the output
+        folder cannot make the engine write elsewhere.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self._close_files()
-        self._events_file = open(folder / "events.jsonl", "a", encoding="utf-8")
-        self._log_file = open(folder / "log.txt", "a", encoding="utf-8")
+        self._events_file = _open_append(folder / "events.jsonl")
+        self._log_file = _open_append(folder / "log.txt")
+
+    def _write(self, f: IO, text: str) -> None:
+        """Append to an attached file; a failing disk detaches the files and becomes a ResourceError."""
+        try:
+            f.write(text)
+            f.flush()
+        except OSError as exc:
+            self._close_files()  # later events still reach stdout / stderr
+            raise as_user_error(exc) or ResourceError(f"Cannot write the log {f.name}: {exc}",
+                                                      "Choose an output folder you can write to.") from exc
 
     def emit(self, type_: str, **fields) -> dict:
         """Send one event; its type and required keys are those of protocol.json (a mismatch is a bug)."""
@@ -90,8 +120,7 @@ class EventSink:
             self._stdout.write(line + "\n")
             self._stdout.flush()
         if self._events_file:
-            self._events_file.write(line + "\n")
-            self._events_file.flush()
+            self._write(self._events_file, line + "\n")
         if type_ == "start":  # a new run (e.g. the demo's second training) starts a new bar
             self.end_progress()
         if type_ == "progress" and event.get("phase") == "train":
@@ -112,8 +141,7 @@ class EventSink:
         else:
             print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
         if self._log_file:
-            self._log_file.write(f"[{stamp}] {message}\n")
-            self._log_file.flush()
+            self._write(self._log_file, f"[{stamp}] {message}\n")
 
     def _show_progress(self, event: dict) -> None:
         if not self._progress_bar:
@@ -137,7 +165,10 @@ class EventSink:
     def _close_files(self) -> None:
         for f in (self._events_file, self._log_file):
             if f:
-                f.close()
+                try:
+                    f.close()
+                except OSError:  # a full disk cannot take the last buffered bytes: nothing more to do
+                    pass
         self._events_file = self._log_file = None
 
     def close(self) -> None:

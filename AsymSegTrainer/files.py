@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator, Optional
@@ -26,8 +27,21 @@ def _suffix(path: Path) -> str:
     return next((path.name[-len(e):] for e in _COMPOUND_EXTENSIONS if name.endswith(e)), path.suffix)
 
 
+_NEARLY_FULL = 16 << 20  # bytes: a writer that failed with less than this free ran out of disk
+
+
+def _disk_full(path: Path, exc: BaseException) -> bool:
+    """ENOSPC, or a library's own write error (torch.save's RuntimeError) on a disk with next to no space left."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    try:
+        return shutil.disk_usage(path.parent).free < _NEARLY_FULL
+    except OSError:
+        return False
+
+
 def _resource_error(path: Path, exc: BaseException) -> ResourceError:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if _disk_full(path, exc):
         return ResourceError(f"The disk is full while writing {path}; the previous file, if any, is intact.",
                              "Free disk space or choose another output folder (training: then continue with --resume).")
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -139,6 +139,14 @@ def job_from_dict(d: dict, base_dir: Path) -> Job:
     if len(set(ids)) != len(ids):
         raise _field_error("cases", f"has duplicate ids {sorted({i for i in ids if ids.count(i) > 1})}.",
                            "Give every case a unique id.")
+    owner = {}
+    for c in cases:
+        for path in c.images:
+            if path in owner and owner[path] != c.id:
+                raise _field_error("cases", f"uses the image {path} in two cases, {owner[path]} and {c.id}.",
+                                   "Each case needs its own images: a case counted twice (or as training and "
+                                   "validation at once) biases training and validation.")
+            owner[path] = c.id
     n_channels = len(cases[0].images)
     channels = list(d.get("channels") or [f"channel{i}" for i in range(n_channels)])
     for c in cases:
@@ -211,8 +219,13 @@ def job_from_dataset(dataset: Path, classes: Sequence[str], train_cases: Sequenc
     """
     info, specs = read_nnunet_dataset(Path(dataset))
     by_id = {c.id: c for c in specs}
-    roles = {**{i: "train" for i in train_cases}, **{i: "validation" for i in val_cases},
-             **{i: "test" for i in test_cases}}
+    roles = {}
+    for role, ids in (("train", train_cases), ("validation", val_cases), ("test", test_cases)):
+        for case_id in ids:
+            if roles.get(case_id, role) != role:
+                raise InputError(f"Case {case_id} is both a {roles[case_id]} and a {role} case.",
+                                 "Give each case one role: a validation case must be unseen in training.")
+            roles[case_id] = role
     missing = sorted(set(roles) - set(by_id))
     if missing:
         raise InputError(f"Case(s) {missing} are not in {dataset}.", f"Available cases: {', '.join(sorted(by_id))}.")

@@ -10,6 +10,7 @@ Cancel (SIGTERM / SIGINT / ``OUT/STOP``) finishes the iteration and writes ``mod
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -24,7 +25,8 @@ from .data import LoadedCase, load_case
 from .errors import DivergenceError, InputError, ResourceError
 from .events import EventSink
 from .files import check_writable_folder, write_json
-from .jobspec import LOSSES, Job
+from .jobspec import LOSSES, Job, load_job
+from .locks import LOCK_FILE, FolderLock
 from .logits import LogitStatistics
 from .losses import AsymmetricLoss
 from .metrics import case_metrics, summarize
@@ -37,6 +39,14 @@ from .sampling import PatchSampler
 
 STOP_FILE = "STOP"
 LAST, BEST = "model_last.pt", "model_best.pt"
+JOB_FILE, VALIDATION_FILE = "job.json", "validation.json"
+OUTPUT_FILES = {JOB_FILE, LAST, BEST, VALIDATION_FILE, "logit_statistics_train.json",
+                "logit_statistics_validation.json", "events.jsonl", "log.txt", STOP_FILE, LOCK_FILE}
+"""Every file ``train`` writes in its output folder (protocol.md, "Output folder of train")."""
+_TEMPORARY = re.compile(r"^\.(model_last|model_best|job|validation|logit_statistics_\w+)\.[0-9a-f]{8}\.tmp\.\w+$")
+"""files.atomic_output's temporary files of those outputs: left behind only by a killed run."""
+RESUMABLE_CHANGES = {"iterations", "device", "amp", "output"}
+"""Job fields ``--resume`` may change; any other difference means another run."""
 POLY_EXPONENT = 0.9  # nnU-Net's polynomial learning-rate decay
 OPTIMIZERS = {  # the job's ``optimizer`` choices (protocol.json)
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
@@ -101,17 +111,49 @@ class Trainer:
         self.sink = sink
         self.out = job.output
         self.model_path: Optional[Path] = None
+        self.lock: Optional[FolderLock] = None
         self.device = resolve_device(job.device)
         self.amp = job.amp and self.device.type == "cuda"
 
     # ---------------------------------------------------------------- setup
     def _prepare_output(self, resume: bool) -> None:
-        if not resume and any((self.out / name).exists() for name in (LAST, BEST)):
+        """Lock the folder for this run, check it holds only this engine's files, remove stale temporaries.
+
+        Nothing is written or removed before every check has passed.
+        """
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"The output folder {self.out} is a file.", "Choose a folder for the run's outputs.")
+        check_writable_folder(self.out)
+        self.lock = FolderLock(self.out).acquire()
+        names = {p.name for p in self.out.iterdir()}
+        temporary = {n for n in names if _TEMPORARY.match(n)}
+        foreign = sorted(names - OUTPUT_FILES - temporary)
+        if foreign:
+            raise InputError(f"The output folder {self.out} holds files AsymSeg did not write: "
+                             f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}.",
+                             "Choose a new or empty output folder; nothing was changed.")
+        if resume:
+            self._check_resumable()
+        elif names & {LAST, BEST}:
             raise InputError(f"The output folder {self.out} already holds a trained model.",
                              "Continue that run with --resume, or choose a new output folder (nothing was changed).")
-        check_writable_folder(self.out)
         self.sink.attach(self.out)
-        (self.out / STOP_FILE).unlink(missing_ok=True)
+        for name in temporary | {STOP_FILE}:
+            (self.out / name).unlink(missing_ok=True)
+
+    def _check_resumable(self) -> None:
+        """``--resume`` continues the same job from ``model_last.pt``; anything else is refused."""
+        if not (self.out / LAST).is_file():
+            raise InputError(f"--resume was given but {self.out / LAST} does not exist.",
+                             "Start a new run without --resume (in a new folder), or give the output folder of the "
+                             "run to continue; nothing was changed.")
+        before = load_job(self.out / JOB_FILE).to_dict() if (self.out / JOB_FILE).is_file() else {}
+        now = self.job.to_dict()
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+        if changed:
+            raise InputError(f"--resume: the job differs from the run in {self.out} in {', '.join(changed)}.",
+                             "Resume with the same job (only iterations, device and amp may change), or start a "
+                             "new run in a new folder; nothing was changed.")
 
     def _load_cases(self) -> None:
         job = self.job
@@ -128,13 +170,31 @@ class Trainer:
             raise InputError(f"The images are single slices (2D) but patch_size is {job.patch_size}.",
                              f"Use patch_size [1, {job.patch_size[1]}, {job.patch_size[2]}] for 2D images.")
 
+    def _check_validation_labels(self) -> None:
+        """Validation DSC is undefined on a case without the structure: refuse a validation that could never
+        choose a checkpoint, and say which cases cannot score which class."""
+        names = self.job.class_map.names
+        rare = [j for j, r in enumerate(self.job.rarity) if r > 0]
+        present = {c.id: set(np.unique(c.label).tolist()) for c in self.val_cases}
+        if present and not any(j in classes for classes in present.values() for j in rare):
+            raise InputError(f"No validation case ({', '.join(present)}) contains a voxel of the rare class(es) "
+                             f"{[names[j] for j in rare]}: validation DSC is undefined and could never choose a "
+                             "checkpoint.", "Choose validation cases that show the structure, or train without "
+                             "validation cases (the last checkpoint is then used).")
+        for case_id, classes in present.items():
+            missing = [names[j] for j in rare if j not in classes]
+            if missing:
+                self.sink.warning(f"Validation case {case_id} has no voxel of {', '.join(missing)}: it does not count "
+                                  "in that class's validation DSC.", "Expected for a case without that structure.")
+
     def _meta(self) -> dict:
         job = self.job
         return {"class_names": job.class_map.names, **job.class_map.to_dict(), "rarity": job.rarity,
                 "channels": job.channels, "normalization": job.normalization.to_dict(),
                 "target_spacing": job.target_spacing, "network": job.network, "spatial_dims": self.spatial_dims,
                 "patch_size": job.patch_size, "technique": job.technique.to_dict(), "loss": job.loss,
-                "versions": versions(), "seed": job.seed, "iterations": job.iterations}
+                "versions": versions(), "seed": job.seed, "iterations": job.iterations,
+                "validation": {"best_mean_dsc": self.best_dsc, "history": self.history}}
 
     def _build(self, resume: bool) -> int:
         """Network, optimiser and loss; returns the iteration to start from."""
@@ -162,17 +222,18 @@ class Trainer:
                                    ce_weight=ce_weight, dice_weight=dice_weight)
 
     def _resume(self) -> int:
-        """Weights, optimiser state and iteration of ``model_last.pt``; 0 when there is none."""
+        """Weights, optimiser state, iteration and validation history of ``model_last.pt``."""
         last = self.out / LAST
-        if not last.exists():
-            self.sink.warning(f"--resume was given but {last} does not exist; starting from scratch.")
-            return 0
-        state, _ = load_model_file(last)
+        state, meta = load_model_file(last)
         load_weights(self.model, state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.model_path = last
+        self.model_path = self.out / BEST if (self.out / BEST).exists() else last
+        validation = meta.get("validation") or {}
+        self.best_dsc = float(validation.get("best_mean_dsc", -1.0))
+        self.history = list(validation.get("history", []))
         start = int(state["iteration"])
-        self.sink.log(f"Resuming from {last} at iteration {start}.")
+        self.sink.log(f"Resuming from {last} at iteration {start}" +
+                      (f" (best validation mean DSC so far {self.best_dsc:.3f})." if self.history else "."))
         return start
 
     def _load_initial_checkpoint(self) -> None:
@@ -289,9 +350,17 @@ class Trainer:
 
     # ---------------------------------------------------------------- the run
     def run(self, resume: bool = False) -> TrainResult:
+        """Train the job in its output folder, which stays locked for the run (another run there fails at once)."""
+        try:
+            self._prepare_output(resume)
+            return self._run(resume)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _run(self, resume: bool) -> TrainResult:
         job = self.job
-        self._prepare_output(resume)
-        write_json(self.out / "job.json", job.to_dict())
+        write_json(self.out / JOB_FILE, job.to_dict())
         self.sink.emit("start", command="train", config=job.to_dict(), device=str(self.device), versions=versions(),
                        output=str(self.out))
         seed_everything(job.seed)
@@ -303,18 +372,19 @@ class Trainer:
             raise InputError(f"None of the training cases contains a voxel of the rare class(es) {rare_names}.",
                              "Check the label maps and the 'classes' mapping of label values, or add cases that "
                              "show the structure.")
-        start = self._build(resume)
+        self._check_validation_labels()
         self.best_dsc, self.history = -1.0, []
+        start = self._build(resume)
         stop = StopRequest(self.out)
         stop.install()
         try:
             status, iteration = self._loop(sampler, start, stop)
         finally:
             stop.restore()
-        outputs = {"job": str(self.out / "job.json")}
+        outputs = {"job": str(self.out / JOB_FILE)}
         if self.history:
-            write_json(self.out / "validation.json", self.history)
-            outputs["validation"] = str(self.out / "validation.json")
+            write_json(self.out / VALIDATION_FILE, self.history)
+            outputs["validation"] = str(self.out / VALIDATION_FILE)
         if status == "finished" and job.logit_statistics:
             outputs.update(self._logit_statistics())
         return TrainResult(status, self.model_path, iteration, outputs)

@@ -136,11 +136,12 @@ def test_cpu_training_is_deterministic(phantom_dataset, tmp_path):
 def test_two_dimensional_images(tmp_path):
     from AsymSegTrainer.phantoms import make_phantom_dataset
     data = make_phantom_dataset(tmp_path / "d3", num_cases=2, shape=(16, 32, 32))
+    lesion_slice = {case: int(np.argmax((sitk.GetArrayFromImage(sitk.ReadImage(str(data / "labelsTr" / f"{case}.nii.gz")))
+                                         > 0).sum((1, 2)))) for case in ("phantom_000", "phantom_001")}
     for f in list((data / "imagesTr").iterdir()) + list((data / "labelsTr").iterdir()):
         img = sitk.ReadImage(str(f))
         arr = sitk.GetArrayFromImage(img)
-        z = int(np.argmax((sitk.GetArrayFromImage(sitk.ReadImage(str(data / "labelsTr" / "phantom_000.nii.gz")))
-                           > 0).sum((1, 2)))) if "phantom_000" in f.name else 8
+        z = lesion_slice[f.name[:len("phantom_000")]]  # each case's slice through its lesion
         slice_ = sitk.GetImageFromArray(arr[z:z + 1])
         slice_.SetSpacing(img.GetSpacing())
         sitk.WriteImage(slice_, str(f))
