@@ -35,7 +35,8 @@ from .errors import InputError
 from .evaluation import summarize_cases, write_metrics
 from .files import check_writable_folder, write_json, write_text
 from .events import EventSink
-from .inference import infer_specs, load_predictor, merge_logit_statistics
+from .formatting import mean_std, signed
+from .inference import infer_cases, load_predictor
 from .jobspec import job_from_dataset, job_from_dict
 from .logits import logit_shift
 from .plotting import plot_logit_histograms
@@ -81,16 +82,8 @@ def _prepare(out: Path) -> None:
     check_writable_folder(out)
 
 
-def _mean(summary: dict, variant: str, name: str, key: str) -> Optional[float]:
-    return summary[variant].get(name, {}).get(key, {}).get("mean")
-
-
 def _cell(summary: dict, variant: str, name: str, key: str) -> str:
-    stats = summary[variant].get(name, {}).get(key)
-    if not stats or stats["mean"] is None:
-        return "–"
-    text = f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
-    return text + (f" (n={stats['n']}/{stats['n'] + stats['n_undefined']})" if stats["n_undefined"] else "")
+    return mean_std(summary[variant].get(name, {}).get(key), count_prefix="n=")
 
 
 def comparison_table(runs: Dict[str, dict], foreground: str) -> str:
@@ -100,9 +93,7 @@ def comparison_table(runs: Dict[str, dict], foreground: str) -> str:
              "|---|---|" + "---:|" * (len(METRICS) + 3)]
     for run, result in runs.items():
         z = result["logits"]
-        numbers = [f"{z['train_mean']:+.2f}" if z["train_mean"] is not None else "–",
-                   f"{z['unseen_mean']:+.2f}" if z["unseen_mean"] is not None else "–",
-                   f"{z['dz']:+.2f}" if z["dz"] is not None else "–"]
+        numbers = [signed(z[key], digits=2) for key in ("train_mean", "unseen_mean", "dz")]
         for variant, label in VARIANT_NAMES.items():
             cells = [_cell(result["summary"], variant, foreground, key) for key, _ in METRICS]
             lines.append(f"| {run} | {label} | " + " | ".join(cells) + " | " + " | ".join(numbers) + " |")
@@ -122,29 +113,25 @@ def _run(preset: str, technique, data: Path, out: Path, iterations: int, sink: E
     predictor = load_predictor(result.model, job.device)
     names = predictor.class_names
     # Both sides of the logit figure come from the model that segments the unseen cases.
-    train_outputs = infer_specs(predictor, job.cases_with_role("train"), out / preset / "training_cases", sink=sink)
-    test_outputs = infer_specs(predictor, job.cases_with_role("test"), out / preset / "predictions", sink=sink)
-    train_stats = merge_logit_statistics([o["logits"] for o in train_outputs.values()],
-                                         {"grouped_by": "reference", "cases": TRAIN, "run": preset})
-    unseen_stats = merge_logit_statistics([o["logits"] for o in test_outputs.values()],
-                                          {"grouped_by": "reference", "cases": TEST, "run": preset})
-    train_stats.save(out / preset / "logits_training_cases.json")
-    unseen_stats.save(out / preset / "logits_unseen_cases.json")
-    cases = {}
-    for case, files in test_outputs.items():
-        record = json.loads(Path(files["metrics"]).read_text(encoding="utf-8"))
-        cases[case] = {"raw": record["raw"], "post": record["post"]}
-    write_metrics(out / preset / "predictions", cases, names, extra={"model": str(result.model), "run": preset})
-    shift = logit_shift(train_stats, unseen_stats)
+    training = infer_cases(predictor, job.cases_with_role("train"), out / preset / "training_cases", sink=sink,
+                           metadata={"run": preset})
+    unseen = infer_cases(predictor, job.cases_with_role("test"), out / preset / "predictions", sink=sink,
+                         metadata={"run": preset})
+    training.logits.save(out / preset / "logits_training_cases.json")
+    unseen.logits.save(out / preset / "logits_unseen_cases.json")
+    write_metrics(out / preset / "predictions", unseen.metrics, names,
+                  extra={"model": str(result.model), "run": preset})
+    shift = logit_shift(training.logits, unseen.logits)
     foreground = names[1]
     png = plot_logit_histograms(
-        train_stats, unseen_stats, out / f"logits_{preset}.png",
+        training.logits, unseen.logits, out / f"logits_{preset}.png",
         title=f"{preset}: logits on training vs unseen phantoms ({iterations} iterations)",
         train_label=f"training cases ({len(TRAIN)})", unseen_label=f"unseen cases ({len(TEST)})")
-    return {"model": str(result.model), "technique": job.technique.to_dict(), "iterations": iterations, "training_seconds": round(training_seconds, 1),
-            "cases": cases, "summary": summarize_cases(cases), "logit_shift": shift,
-            "logits": {"train_mean": train_stats.mean(foreground, foreground),
-                       "unseen_mean": unseen_stats.mean(foreground, foreground), "dz": shift[foreground][foreground]},
+    return {"model": str(result.model), "technique": job.technique.to_dict(), "iterations": iterations,
+            "training_seconds": round(training_seconds, 1),
+            "cases": unseen.metrics, "summary": summarize_cases(unseen.metrics), "logit_shift": shift,
+            "logits": {"train_mean": training.logits.mean(foreground, foreground),
+                       "unseen_mean": unseen.logits.mean(foreground, foreground), "dz": shift[foreground][foreground]},
             "figure": str(png)}
 
 

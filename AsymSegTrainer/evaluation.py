@@ -26,6 +26,7 @@ from .data import (SUPPORTED_EXTENSIONS, ClassMap, check_same_geometry, read_ima
 from .errors import InputError
 from .events import EventSink
 from .files import check_writable_folder, write_json, write_text
+from .formatting import percent
 from .metrics import case_metrics, keep_largest_component, metrics_table_markdown, summarize
 from .runtime import versions
 
@@ -198,9 +199,5 @@ def evaluate_folder(predictions, dataset, out, classes: Optional[List[str]] = No
 def _log_summary(sink: EventSink, summary: dict) -> None:
     for variant in VARIANTS:
         for name, metrics in summary[variant].items():
-            parts = [f"{key} {_pct(metrics[key]['mean'])}" for key in ("dsc", "sensitivity", "precision")]
+            parts = [f"{key} {percent(metrics[key]['mean'])}" for key in ("dsc", "sensitivity", "precision")]
             sink.log(f"{variant:>4} {name}: " + ", ".join(parts))
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"

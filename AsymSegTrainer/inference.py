@@ -44,6 +44,7 @@ from .data import (SUPPORTED_EXTENSIONS, CaseSpec, ClassMap, LoadedCase, Normali
 from .errors import InputError
 from .evaluation import label_array, raw_and_post
 from .files import check_writable_folder, write_json
+from .formatting import percent
 from .events import EventSink
 from .logits import LogitStatistics
 from .metrics import keep_largest_component
@@ -206,7 +207,7 @@ def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, 
                total: int = 1) -> Dict[str, str]:
     """Segment one case (``spec``: images, optional label and mask) and write its outputs beside ``out``.
 
-    The building block of infer_case, infer_dataset and the demo; emits ``load`` and
+    The building block of infer_case and infer_cases; emits ``load`` and
     ``infer`` progress events (``iteration`` = ``index`` of ``total`` cases, plus
     ``fraction`` of the case's windows done). Returns output name -> path. A ``<stem>_metrics.json``
     or ``<stem>_probabilities.nii.gz`` left beside ``out`` by an earlier run and not written by this
@@ -262,7 +263,7 @@ def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, 
         outputs["metrics"] = str(write_json(paths["metrics"], record))
         for variant in ("raw", "post"):
             sink.log(f"{spec.id} {variant}: " + "; ".join(
-                f"{name} DSC {_pct(m['dsc'])} SEN {_pct(m['sensitivity'])} PRC {_pct(m['precision'])}"
+                f"{name} DSC {percent(m['dsc'])} SEN {percent(m['sensitivity'])} PRC {percent(m['precision'])}"
                 for name, m in metrics[variant].items()))
     if probabilities:
         outputs["probabilities"] = str(write_image(_softmax(logits), case.reference, paths["probabilities"]))
@@ -270,10 +271,6 @@ def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, 
         if name not in outputs and paths[name].is_file():
             paths[name].unlink()
     return outputs
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _config(predictor: Predictor, **settings) -> dict:
@@ -311,28 +308,49 @@ def infer_case(model, images: Sequence, out, label=None, mask=None, overlap: flo
     return infer_spec(predictor, spec, paths["prediction"], overlap, largest_component, probabilities, sink)
 
 
-def infer_specs(predictor: Predictor, specs: Sequence[CaseSpec], out_dir, file_ending: str = ".nii.gz",
+@dataclass
+class CaseSet:
+    """Several cases segmented by one model (:func:`infer_cases`)."""
+
+    outputs: Dict[str, Dict[str, str]]
+    """case id -> output name -> path, as :func:`infer_spec` returns them."""
+    logits: LogitStatistics
+    """The cases' logit statistics merged (metadata: ``grouped_by``, ``cases`` and the caller's)."""
+    metrics: Dict[str, Dict[str, Dict[str, dict]]]
+    """case id -> ``{"raw" | "post": {class name: metrics}}``, for the cases with ground truth."""
+
+
+def infer_cases(predictor: Predictor, specs: Sequence[CaseSpec], out_dir, file_ending: str = ".nii.gz",
                 overlap: float = 0.5, largest_component: bool = False, probabilities: bool = False,
-                sink: Optional[EventSink] = None) -> Dict[str, Dict[str, str]]:
-    """Segment several cases into ``out_dir/<case><file_ending>`` (+ companions); case id -> outputs."""
-    results = {}
-    for i, spec in enumerate(specs, 1):
-        results[spec.id] = infer_spec(predictor, spec, Path(out_dir) / f"{spec.id}{file_ending}", overlap,
-                                      largest_component, probabilities, sink, i, len(specs))
-    return results
+                sink: Optional[EventSink] = None, metadata: Optional[dict] = None) -> CaseSet:
+    """Segment several cases into ``out_dir/<case><file_ending>`` (+ companions) and pool what they measured.
 
-
-def merge_logit_statistics(paths: Sequence, metadata: Optional[dict] = None) -> LogitStatistics:
-    """The sum of several cases' ``<stem>_logits.json`` (same classes and bins)."""
-    merged = None
-    for path in paths:
-        stats = LogitStatistics.load(path)
-        if merged is None:
-            merged = LogitStatistics(stats.class_names, stats.channel_names, stats.bin_edges, metadata)
-        merged.merge(stats)
-    if merged is None:
+    The one path from a model and a set of cases to their merged logit statistics and metrics:
+    ``infer --dataset``, and the demo and bench for the training and the unseen cases (the
+    same model on the same input grid, so the two sides compare voxel for voxel). The merged
+    statistics are grouped by the reference when every case has one, by the prediction when
+    none has (else "mixed"); ``metadata`` is added to theirs. ValueError for no cases.
+    """
+    outputs = {spec.id: infer_spec(predictor, spec, Path(out_dir) / f"{spec.id}{file_ending}", overlap,
+                                   largest_component, probabilities, sink, i, len(specs))
+               for i, spec in enumerate(specs, 1)}
+    labelled = [bool(spec.label) for spec in specs]
+    grouped_by = "reference" if all(labelled) else "prediction" if not any(labelled) else "mixed"
+    logits = None
+    for files in outputs.values():
+        stats = LogitStatistics.load(files["logits"])
+        if logits is None:
+            logits = LogitStatistics(stats.class_names, stats.channel_names, stats.bin_edges,
+                                     {"grouped_by": grouped_by, "cases": list(outputs), **(metadata or {})})
+        logits.merge(stats)
+    if logits is None:
         raise ValueError("no logit statistics to merge")
-    return merged
+    metrics = {}
+    for case, files in outputs.items():
+        if "metrics" in files:
+            record = json.loads(Path(files["metrics"]).read_text(encoding="utf-8"))
+            metrics[case] = {"raw": record["raw"], "post": record["post"]}
+    return CaseSet(outputs, logits, metrics)
 
 
 def infer_dataset(model, dataset, case_ids: Sequence[str], out_dir, overlap: float = 0.5, device: str = "auto",
@@ -368,24 +386,16 @@ def infer_dataset(model, dataset, case_ids: Sequence[str], out_dir, overlap: flo
                      device=device, largest_component=largest_component, probabilities=probabilities)
     sink.emit("start", command="infer", config=config, device=str(predictor.device), versions=versions(),
               output=str(out_dir))
-    results = infer_specs(predictor, chosen, out_dir, info["file_ending"], overlap, largest_component, probabilities,
-                          sink)
+    cases = infer_cases(predictor, chosen, out_dir, info["file_ending"], overlap, largest_component, probabilities,
+                        sink, {"model": str(predictor.path)})
     outputs = {}
-    for case, files in results.items():
+    for case, files in cases.outputs.items():
         for name, path in files.items():
             outputs[case if name == "prediction" else f"{case}_{name}"] = path
-    labelled = [bool(spec.label) for spec in chosen]
-    grouped_by = "reference" if all(labelled) else "prediction" if not any(labelled) else "mixed"
-    merged = merge_logit_statistics([files["logits"] for files in results.values()],
-                                    {"grouped_by": grouped_by, "cases": list(results), "model": str(predictor.path)})
     outputs["logit_statistics"] = str(write_json(out_dir / "logit_statistics.json",
-                                                 {**merged.to_dict(), "grouped_by": grouped_by}))
-    per_case = {}
-    for case, files in results.items():
-        if "metrics" in files:
-            record = json.loads(Path(files["metrics"]).read_text(encoding="utf-8"))
-            per_case[case] = {"raw": record["raw"], "post": record["post"]}
-    if per_case:
-        outputs.update(write_metrics(out_dir, per_case, predictor.class_names, extra={"model": str(predictor.path),
-                                                                                     "dataset": str(dataset)}))
+                                                 {**cases.logits.to_dict(),
+                                                  "grouped_by": cases.logits.metadata["grouped_by"]}))
+    if cases.metrics:
+        outputs.update(write_metrics(out_dir, cases.metrics, predictor.class_names,
+                                     extra={"model": str(predictor.path), "dataset": str(dataset)}))
     return outputs

@@ -39,6 +39,7 @@ class Job:
     batch_size: int
     iterations: int
     optimizer: str
+    lr_schedule: str
     learning_rate: float
     foreground_fraction: float
     validation_interval: int
@@ -59,6 +60,7 @@ class Job:
                 "loss": self.loss, "network": self.network, "patch_size": self.patch_size,
                 "target_spacing": self.target_spacing, "normalization": self.normalization.to_dict(),
                 "batch_size": self.batch_size, "iterations": self.iterations, "optimizer": self.optimizer,
+                "lr_schedule": self.lr_schedule,
                 "learning_rate": self.learning_rate, "foreground_fraction": self.foreground_fraction,
                 "validation_interval": self.validation_interval, "seed": self.seed, "device": self.device,
                 "amp": self.amp, "initial_checkpoint": str(self.initial_checkpoint) if self.initial_checkpoint else None,
@@ -186,12 +188,17 @@ def job_from_dict(d: dict, base_dir: Path) -> Job:
                            "E.g. [2.0, 2.0, 2.0].")
     init = d.get("initial_checkpoint")
     output = Path(_resolve_path(base_dir, d.get("output", job_default("output"))))
+    technique = resolve_technique(d.get("technique", job_default("technique")))
+    if technique.objective != "asymmetric" and _value(d, "loss") != job_default("loss"):
+        raise _field_error("loss", f"is '{d['loss']}' but the technique's objective '{technique.objective}' is a "
+                           "loss of its own.", f"Leave loss at '{job_default('loss')}' with this technique.")
     return Job(cases=cases, class_map=class_map, output=output, channels=channels, rarity=rarity_list,
-               technique=resolve_technique(d.get("technique", job_default("technique"))), loss=_value(d, "loss"),
+               technique=technique, loss=_value(d, "loss"),
                network=net, patch_size=patch, target_spacing=[float(s) for s in spacing] if spacing else None,
                normalization=Normalization.from_dict(d.get("normalization") or job_default("normalization")),
                batch_size=_value(d, "batch_size"), iterations=_value(d, "iterations"),
-               optimizer=_value(d, "optimizer"), learning_rate=_value(d, "learning_rate"),
+               optimizer=_value(d, "optimizer"), lr_schedule=_value(d, "lr_schedule"),
+               learning_rate=_value(d, "learning_rate"),
                foreground_fraction=_value(d, "foreground_fraction"),
                validation_interval=_value(d, "validation_interval"), seed=_value(d, "seed"),
                device=_value(d, "device"), amp=_value(d, "amp"),

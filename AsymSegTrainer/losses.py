@@ -147,6 +147,28 @@ class AsymmetricLoss(nn.Module):
                 f"ce_weight={self.ce_weight}, dice_weight={self.dice_weight}")
 
 
+class TermLoss(nn.Module):
+    """A baseline loss function as a training objective: one named term (``terms()``), its value (``forward()``).
+
+    ``dice_weight`` is 0: the adversarial direction of such a run uses cross-entropy.
+    """
+
+    dice_weight = 0.0
+
+    def __init__(self, name: str, function, **options):
+        super().__init__()
+        self.name, self.function, self.options = name, function, options
+
+    def terms(self, logits: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {self.name: self.function(logits, target, **self.options)}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.function(logits, target, **self.options)
+
+    def extra_repr(self) -> str:
+        return f"{self.function.__name__}, {self.options}"
+
+
 # ---------------------------------------------------------------- baselines (METHOD.md §7)
 
 def soft_fbeta_loss(logits: torch.Tensor, target: torch.Tensor, beta: float = 1.0) -> torch.Tensor:

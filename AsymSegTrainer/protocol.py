@@ -40,6 +40,8 @@ def job_default(name: str):
 def _range(setting: dict) -> str:
     if setting["type"] == "bool":
         return "true / false"
+    if setting["type"] == "choice":
+        return " / ".join(f"`{c}`" for c in setting["choices"])
     low = "(" if setting.get("minimum_open") else "["
     return f"{low}{setting['minimum']:g}, {setting['maximum']:g}]"
 
@@ -48,13 +50,16 @@ def technique_table() -> str:
     rows = ["| setting | meaning (paper equation) | range | default |", "|---|---|---|---|"]
     for s in TECHNIQUE_SETTINGS.values():
         eq = f" ({s['equation']})" if s["equation"] else ""
-        default = str(s["default"]).lower() if s["type"] == "bool" else f"{s['default']:g}"
+        default = {"bool": str(s["default"]).lower(), "choice": f"`{s['default']}`"}.get(s["type"]) or f"{s['default']:g}"
         rows.append(f"| `{s['name']}` | {s['label']}. {s['tooltip']}{eq} | {_range(s)} | {default} |")
     return "\n".join(rows)
 
 
 def _preset_defaults(settings: dict) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in settings.items() if TECHNIQUE_SETTINGS[k]["type"] != "bool")
+    """The preset's values, flags left out (its description says which terms it uses)."""
+    kinds = {k: TECHNIQUE_SETTINGS[k]["type"] for k in settings}
+    return ", ".join(f"{k} {v}" if kinds[k] == "choice" else f"{k} {v:g}" for k, v in settings.items()
+                     if kinds[k] != "bool")
 
 
 def preset_table() -> str:

@@ -77,30 +77,34 @@ def _label_spatial(y: torch.Tensor, name: str) -> Tuple[int, ...]:
 
 # ---------------------------------------------------------------- mixup (eq. 17-19)
 
-def sample_mixup_lambda(alpha: float, generator: Optional[np.random.Generator] = None) -> float:
-    """Draw the batch's mixing weight ``lam ~ Beta(alpha, alpha)`` (eq. 17).
+def sample_mixup_lambda(alpha: float, generator: Optional[np.random.Generator] = None, margin: float = 0.0) -> float:
+    """Draw the batch's mixing weight ``lam = Beta(alpha, alpha) * (1 - margin)`` (eq. 17, official code).
 
     The paper uses alpha = 1 (uniform) for asymmetric mixup and alpha = 0.2 (U-shaped, mostly
-    near 0 or 1) for symmetric mixup. torch's Beta/Gamma samplers take no generator, so the
-    random source is a numpy ``Generator``: the same seeded generator gives the same draws.
+    near 0 or 1) for symmetric mixup. The official code scales the draw by ``1 - m_mix``
+    (METHOD.md §4, v2), so the first patch of a pair never weighs more than ``1 - m_mix``.
+    torch's Beta/Gamma samplers take no generator, so the random source is a numpy
+    ``Generator``: the same seeded generator gives the same draws.
 
     Args:
         alpha: concentration > 0 of the symmetric Beta distribution.
         generator: ``np.random.Generator`` (e.g. ``np.random.default_rng(seed)``); None draws
             from fresh OS entropy (not reproducible).
+        margin: ``m_mix`` in [0, 1]; 0 gives the plain Beta draw.
 
     Returns:
-        ``lam`` in [0, 1] as a Python float.
+        ``lam`` in [0, 1 - margin] as a Python float.
     """
     alpha = check_non_negative(alpha, "alpha", "the Beta(alpha, alpha) concentration of mixup")
     if alpha == 0:
         raise ValueError("alpha must be > 0 (the paper uses 1 for asymmetric and 0.2 for symmetric mixup); got 0.")
+    margin = _unit_interval(margin, "margin", "the mixup margin m_mix")
     if generator is None:
         generator = np.random.default_rng()
     if not isinstance(generator, np.random.Generator):
         raise ValueError(f"generator must be a numpy Generator, e.g. np.random.default_rng(seed); "
                          f"got {type(generator).__name__}.")
-    return float(generator.beta(alpha, alpha))
+    return float(generator.beta(alpha, alpha)) * (1.0 - margin)
 
 
 def mixup_batch(x: torch.Tensor, y: torch.Tensor, lam: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ from .protocol import PRESETS, RECOMMENDED, TECHNIQUE_SETTINGS
 
 __all__ = ["PRESETS", "RECOMMENDED", "Technique", "resolve_technique"]
 
-_TYPES = {"bool": bool, "float": float}
+_TYPES = {"bool": bool, "float": float, "choice": str}
 
 # A frozen dataclass with one field per setting of protocol.json (``preset`` first).
 Technique = make_dataclass(
@@ -37,6 +37,10 @@ def _check(name: str, value):
     if s["type"] == "bool":
         if not isinstance(value, bool):
             raise InputError(f"technique.{name} must be true or false; got {value!r}.", fix)
+        return value
+    if s["type"] == "choice":
+        if value not in s["choices"]:
+            raise InputError(f"technique.{name} must be one of {s['choices']}; got {value!r}.", f"{s['tooltip']} {fix}")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not s["minimum"] <= value <= s["maximum"]:

@@ -1,10 +1,10 @@
 """Fine-tuning with the paper's techniques: loss, adversarial and mixup terms, asymmetric augmentation.
 
-One iteration (METHOD.md §4, "Combination"): a clean term on the sampled batch with the
-margin/focal loss; with adversarial training, one extra direction computation and one extra
-term on ``(x + r_adv, y)``; with mixup, one extra term on the batch mixed with its reverse
-(``regularizers.mixup_batch``) and the asymmetric mixup targets. The terms are summed and one
-optimiser step is taken.
+One iteration (METHOD.md §4, "Update structure"): a clean batch with the margin/focal loss;
+with adversarial training, the direction (computed first) and a batch ``(x + r_adv, y)``;
+with mixup, the batch mixed with its reverse (``regularizers.mixup_batch``) and the
+asymmetric mixup targets. ``update`` "sequential" (the official code) takes one optimiser
+step per batch; "sum" one step on the summed terms.
 Cancel (SIGTERM / SIGINT / ``OUT/STOP``) finishes the iteration and writes ``model_last.pt``.
 """
 
@@ -28,7 +28,7 @@ from .files import check_writable_folder, write_json
 from .jobspec import LOSSES, Job, load_job
 from .locks import LOCK_FILE, FolderLock
 from .logits import LogitStatistics
-from .losses import AsymmetricLoss
+from .losses import AsymmetricLoss, TermLoss, ldam_rarity, logit_adjusted_ce, soft_fbeta_loss
 from .metrics import case_metrics, summarize
 from .network import build_network, load_model_file, load_weights, save_model
 from .prediction import predict_logits
@@ -52,7 +52,19 @@ OPTIMIZERS = {  # the job's ``optimizer`` choices (protocol.json)
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
     "rmsprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr),
     "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True),
+    # the official code's RMSProp (rho 0.9, eps 1e-4, momentum 0.6); torch's RMSprop has no Nesterov variant
+    "rmsprop-official": lambda params, lr: torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-4, momentum=0.6),
 }
+OFFICIAL_HALVINGS = (17 / 35, 22 / 35, 27 / 35, 30 / 35, 33 / 35)
+"""The official code halves the learning rate at epochs 17, 22, 27, 30, 33 of 35 (METHOD.md §5)."""
+
+
+def learning_rate(initial: float, schedule: str, iteration: int, total: int) -> float:
+    """The learning rate of ``iteration`` (1-based) of ``total`` under the job's ``lr_schedule``."""
+    progress = (iteration - 1) / total
+    if schedule == "official":
+        return initial * 0.5 ** sum(progress >= b for b in OFFICIAL_HALVINGS)
+    return initial * (1 - progress) ** POLY_EXPONENT
 
 
 class StopRequest:
@@ -216,10 +228,28 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
 
     def _build_loss(self) -> None:
-        ce_weight, dice_weight = LOSSES[self.job.loss]
+        """The technique's objective: the margin/focal core, or one of the paper's baselines."""
         t = self.job.technique
-        self.loss = AsymmetricLoss(self.job.rarity, margin=t.margin, gamma=t.gamma, symmetric=t.symmetric,
-                                   ce_weight=ce_weight, dice_weight=dice_weight)
+        if t.objective == "soft-fbeta":
+            self.loss = TermLoss("fbeta", soft_fbeta_loss, beta=t.beta)
+        elif t.objective == "logit-adjusted":
+            self.loss = TermLoss("ce", logit_adjusted_ce, class_priors=self._class_counts(), tau=t.tau)
+        else:
+            ce_weight, dice_weight = LOSSES[self.job.loss]
+            rarity = ldam_rarity(self._class_counts()) if t.ldam else self.job.rarity
+            self.loss = AsymmetricLoss(rarity, margin=t.margin, gamma=t.gamma, symmetric=t.symmetric,
+                                       ce_weight=ce_weight, dice_weight=dice_weight)
+
+    def _class_counts(self) -> List[int]:
+        """Voxels of each class over the training cases (LDAM margins, logit-adjustment priors)."""
+        names = self.job.class_map.names
+        counts = sum(np.bincount(c.label.ravel(), minlength=len(names))[:len(names)] for c in self.train_cases)
+        missing = [name for name, n in zip(names, counts) if n == 0]
+        if missing:
+            raise InputError(f"The training cases have no voxel of {', '.join(missing)}: the "
+                             f"{self.job.technique.preset} technique needs every class's frequency.",
+                             "Add training cases that show every class, or choose another technique.")
+        return [int(n) for n in counts]
 
     def _resume(self) -> int:
         """Weights, optimiser state, iteration and validation history of ``model_last.pt``."""
@@ -269,20 +299,44 @@ class Trainer:
         return x, y
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, gen: torch.Generator):
+        """One iteration: the clean batch, the adversarial batch and the mixed batch of the technique.
+
+        ``update`` "sequential" (the official code, METHOD.md §4) takes one optimiser step per
+        batch, after computing the adversarial direction with the parameters of the start of the
+        iteration; "sum" takes one step on the summed terms. Returns the summed terms and each term.
+        """
         t, rare = self.job.technique, self.job.rarity
-        terms = {}
-        with autocast(self.device, self.amp):
-            clean = self.loss.terms(self.model(x), y)
-            terms.update(clean)
-            if t.adversarial:
+        batches = [("clean", x, y)]
+        if t.adversarial:
+            with autocast(self.device, self.amp):
                 r_adv = adversarial_perturbation(self.model, x, y, rare, xi=t.xi, l=t.l, symmetric=t.symmetric,
                                                  use_dice=self.loss.dice_weight > 0, generator=gen)
-                terms["adversarial"] = self.loss(self.model(x + r_adv), y)
-            if t.mixup:
-                lam = sample_mixup_lambda(t.mixup_alpha, rng)
-                x_mix, y_i, y_k = mixup_batch(x, y, lam)
-                y_mix = mixup_targets(y_i, y_k, lam, rare, t.mixup_margin, symmetric=t.symmetric)
-                terms["mixup"] = self.loss(self.model(x_mix), y_mix)
+            batches.append(("adversarial", x + r_adv, y))
+        if t.mixup:
+            lam = sample_mixup_lambda(t.mixup_alpha, rng, margin=t.mixup_margin)
+            x_mix, y_i, y_k = mixup_batch(x, y, lam)
+            batches.append(("mixup", x_mix, mixup_targets(y_i, y_k, lam, rare, t.mixup_margin, symmetric=t.symmetric)))
+        terms: Dict[str, torch.Tensor] = {}
+        if t.update == "sum":
+            for batch in batches:
+                terms.update(self._terms(*batch))
+            self._update(terms)
+        else:
+            for batch in batches:
+                part = self._terms(*batch)
+                self._update(part)
+                terms.update(part)
+        terms = {name: value.detach() for name, value in terms.items()}
+        return sum(terms.values()), terms
+
+    def _terms(self, name: str, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The loss on one batch: the clean batch reports each loss term, the others one term named after them."""
+        with autocast(self.device, self.amp):
+            logits = self.model(x)
+            return self.loss.terms(logits, y) if name == "clean" else {name: self.loss(logits, y)}
+
+    def _update(self, terms: Dict[str, torch.Tensor]) -> None:
+        """One optimiser step on the sum of ``terms`` (a NaN/inf term stops the run, naming it)."""
         total = sum(terms.values())
         if not torch.isfinite(total):
             bad = [k for k, v in terms.items() if not torch.isfinite(v)]
@@ -297,7 +351,6 @@ class Trainer:
         else:
             total.backward()
             self.optimizer.step()
-        return total, terms
 
     # ---------------------------------------------------------------- validation and statistics
     def _logits(self, case: LoadedCase) -> torch.Tensor:
@@ -401,7 +454,7 @@ class Trainer:
         while iteration < total_its:
             t0 = time.perf_counter()
             iteration += 1
-            lr = job.learning_rate * (1 - (iteration - 1) / total_its) ** POLY_EXPONENT
+            lr = learning_rate(job.learning_rate, job.lr_schedule, iteration, total_its)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             try:

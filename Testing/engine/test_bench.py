@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from AsymSegTrainer import bench
+from AsymSegTrainer.bench.settings import quick_spacing
 from AsymSegTrainer.cli import main
 from AsymSegTrainer.errors import InputError
 
@@ -91,6 +92,7 @@ def test_results_json_follows_the_schema(quick_bench, phantom_dataset):
     results = json.loads((quick_bench / "results.json").read_text(encoding="utf-8"))
     assert results["format"] == "asymseg-bench" and results["complete"] is True
     assert results["methods"] == METHODS
+    assert set(results["summary_last"]) == set(METHODS)
     assert len(results["runs"]) == len(METHODS) * FOLDS
     cases = {p.name.split("_0000")[0] for p in (phantom_dataset / "imagesTr").glob("*_0000.nii.gz")}
     for run in results["runs"]:
@@ -104,6 +106,8 @@ def test_results_json_follows_the_schema(quick_bench, phantom_dataset):
                 m = per_class["lesion"]
                 assert {"dsc", "sensitivity", "precision", "hd95", "tp", "fp", "fn"} <= set(m)
                 assert 0.0 <= m["dsc"] <= 1.0
+        last = run["last"]  # the model at the end of training, evaluated as well
+        assert last["model_iteration"] == 3 and {"raw", "post", "training_cases", "logit_shift"} <= set(last)
         dz = run["logit_shift"]
         assert set(dz) == {"background", "lesion"} and set(dz["lesion"]) == {"background", "lesion"}
         assert isinstance(dz["lesion"]["lesion"], float)
@@ -140,21 +144,6 @@ def test_a_second_invocation_skips_finished_runs(quick_bench, phantom_dataset, c
     assert {p: p.stat().st_mtime_ns for p in quick_bench.glob("runs/*/*/run.json")} == before
     assert events[-1]["type"] == "done" and events[-1]["exit_code"] == 0
     assert "results" in events[-1]["outputs"]
-
-
-def test_a_run_of_an_older_version_gets_its_last_checkpoint_evaluated(quick_bench, phantom_dataset, capsys):
-    path = quick_bench / "runs" / "vanilla" / "fold1_seed0" / "run.json"
-    record = json.loads(path.read_text(encoding="utf-8"))
-    assert record["last"]["model_iteration"] == 3 and {"raw", "post", "logit_shift"} <= set(record["last"])
-    del record["last"]
-    path.write_text(json.dumps(record), encoding="utf-8")
-    capsys.readouterr()
-    assert main(_argv(phantom_dataset, quick_bench, "--events")) == 0
-    events = _events(capsys)
-    assert not [e for e in events if e["type"] == "start" and e["command"] == "train"]
-    assert "last" in json.loads(path.read_text(encoding="utf-8"))
-    results = json.loads((quick_bench / "results.json").read_text(encoding="utf-8"))
-    assert results["complete"] and set(results["summary_last"]) == set(METHODS)
 
 
 def test_extending_methods_runs_only_the_new_ones(quick_bench, phantom_dataset, capsys):
@@ -217,8 +206,8 @@ def test_two_processes_share_one_out_folder(phantom_dataset, tmp_path):
 
 
 def test_quick_keeps_small_images_and_coarsens_large_ones(phantom_dataset, brats):
-    assert bench._quick_spacing(phantom_dataset) is None  # 24^3 phantoms: already small
-    assert bench._quick_spacing(brats) == [5.0, 5.0, 5.0]  # 240 mm / 48 voxels
+    assert quick_spacing(phantom_dataset) is None  # 24^3 phantoms: already small
+    assert quick_spacing(brats) == [5.0, 5.0, 5.0]  # 240 mm / 48 voxels
 
 
 def test_sigterm_cancels_with_exit_code_10_and_partial_results(phantom_dataset, tmp_path):

@@ -7,6 +7,7 @@ non-zero origin, so any axis or geometry mix-up shows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import torch
 from scipy import ndimage
 
 from AsymSegTrainer import inference
-from AsymSegTrainer.data import read_image, spacing_zyx, write_image
+from AsymSegTrainer.data import read_image, read_nnunet_dataset, spacing_zyx, write_image
 from AsymSegTrainer.errors import InputError, ResourceError
 from AsymSegTrainer.evaluation import evaluate_folder
 from AsymSegTrainer.events import EventSink
@@ -289,6 +290,38 @@ def test_dataset_inference_then_evaluate_end_to_end(model, phantom_dataset, tmp_
     batch = json.loads(Path(outputs["metrics"]).read_text())  # infer --dataset's own summary agrees
     assert batch["cases"] == record["cases"] and batch["summary"] == record["summary"]
     assert record["summary"]["raw"]["lesion"]["dsc"]["n"] == 2
+
+
+def test_infer_cases_merges_the_logit_statistics_and_collects_the_metrics(model, phantom_dataset, tmp_path):
+    """The helper behind infer --dataset, the demo and bench: counts and means pool exactly, per case metrics."""
+    _, specs = read_nnunet_dataset(phantom_dataset)
+    by_id = {spec.id: spec for spec in specs}
+    predictor = inference.load_predictor(model, "cpu")
+    chosen = [by_id["phantom_002"], dataclasses.replace(by_id["phantom_003"], label=None)]  # one without ground truth
+    cases = inference.infer_cases(predictor, chosen, tmp_path / "pred", sink=quiet(), metadata={"run": "r1"})
+    assert list(cases.outputs) == ["phantom_002", "phantom_003"]
+    assert cases.logits.metadata == {"grouped_by": "mixed", "cases": ["phantom_002", "phantom_003"], "run": "r1"}
+    label = array(phantom_dataset / "labelsTr" / "phantom_002.nii.gz")
+    predicted = array(cases.outputs["phantom_003"]["prediction"])  # no label: grouped by the prediction
+    per_case = [LogitStatistics.load(cases.outputs[c]["logits"]) for c in cases.outputs]
+    for g in (0, 1):
+        assert cases.logits.count(g) == np.count_nonzero(label == g) + np.count_nonzero(predicted == g)
+        for c in (0, 1):  # the merged mean is the voxel-weighted mean of the cases' means
+            expected = sum(s.count(g) * s.mean(g, c) for s in per_case) / sum(s.count(g) for s in per_case)
+            assert cases.logits.mean(g, c) == pytest.approx(expected, rel=1e-9)
+    assert list(cases.metrics) == ["phantom_002"]  # metrics only where there is ground truth
+    prediction = array(cases.outputs["phantom_002"]["prediction"])
+    spacing = spacing_zyx(read_image(phantom_dataset / "labelsTr" / "phantom_002.nii.gz"))
+    assert cases.metrics["phantom_002"]["raw"]["lesion"] == pytest.approx(
+        case_metrics(prediction, label, spacing, [1])[1])
+    assert cases.metrics["phantom_002"]["post"]["lesion"] == pytest.approx(
+        case_metrics(keep_largest_component(prediction, [1]), label, spacing, [1])[1])
+
+    labelled = inference.infer_cases(predictor, chosen[:1], tmp_path / "one", sink=quiet())
+    assert labelled.logits.metadata == {"grouped_by": "reference", "cases": ["phantom_002"]}
+    assert [labelled.logits.count(g) for g in (0, 1)] == [np.count_nonzero(label == g) for g in (0, 1)]
+    with pytest.raises(ValueError, match="no logit statistics"):
+        inference.infer_cases(predictor, [], tmp_path / "none", sink=quiet())
 
 
 def test_dataset_inference_on_unlabelled_test_cases(model, phantom_dataset, tmp_path):

@@ -77,7 +77,9 @@ def test_technique_fields_and_presets_are_the_data():
             assert getattr(resolved, key) == values.get(key, settings[key]["default"]), (name, key)
     combination = resolve_technique("asymmetric-combination")
     assert combination.adversarial and combination.mixup and not combination.symmetric
-    assert (combination.margin, combination.gamma) == (0.5, 1.0)
+    # the paper's BRATS 5% combination (Supplementary Table V), with the official update structure
+    assert (combination.margin, combination.gamma, combination.l, combination.mixup_alpha, combination.mixup_margin,
+            combination.update) == (1.0, 1.5, 10.0, 1.0, 0.2, "sequential")
 
 
 @pytest.mark.parametrize("key", [k for k, s in protocol.TECHNIQUE_SETTINGS.items() if s["type"] == "float"])

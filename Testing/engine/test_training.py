@@ -105,13 +105,14 @@ def test_cli_train_event_stream_and_outputs(phantom_dataset, tmp_path):
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_each_preset_runs_with_its_terms(phantom_dataset, tmp_path, preset):
+    settings = PRESETS[preset]
+    objective = settings.get("objective", "asymmetric")
     result, events = run(job(phantom_dataset, tmp_path / "run", val=(), iterations=1, technique=preset,
-                             loss="ce+dice"))
+                             loss="ce+dice" if objective == "asymmetric" else "ce"))
     assert result.status == "finished"
     terms = [e for e in events if e["type"] == "progress" and e["phase"] == "train"][0]["terms"]
-    settings = PRESETS[preset]
-    expected = {"ce", "dice"} | ({"adversarial"} if settings.get("adversarial") else set()) \
-        | ({"mixup"} if settings.get("mixup") else set())
+    expected = {"asymmetric": {"ce", "dice"}, "soft-fbeta": {"fbeta"}, "logit-adjusted": {"ce"}}[objective] \
+        | ({"adversarial"} if settings.get("adversarial") else set()) | ({"mixup"} if settings.get("mixup") else set())
     assert set(terms) == expected
     assert all(np.isfinite(v) and v > 0 for v in terms.values())
 

@@ -166,7 +166,7 @@ def test_data_classes_technique_panels(panelFactory):
     assert "fix" in panel.cases.rows[0].statusLabel.text and not ui.startButton.enabled
     # technique: the preset's own fields only, with its defaults
     ui.presetComboBox.setCurrentIndex(ui.presetComboBox.findData("asymmetric-combination"))
-    assert panel.parameters.preset == "asymmetric-combination" and panel.parameters.margin == 0.5
+    assert panel.parameters.preset == "asymmetric-combination" and panel.parameters.gamma == 1.5
     assert ui.marginSpinBox.visible and ui.mixupAlphaSpinBox.visible and not ui.pBgSpinBox.visible
     ui.presetComboBox.setCurrentIndex(ui.presetComboBox.findData("vanilla"))
     assert not ui.gammaSpinBox.visible and not ui.advancedTechniqueGroupBox.enabled
