@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from . import distributed
 from .errors import CancelledError, InputError, as_user_error
 from .events import EventSink
 from .protocol import CHOICES, EXIT_CODES, PRESETS, RECOMMENDED, exit_code_summary, job_default
@@ -57,7 +58,7 @@ def _train(args, sink: EventSink) -> dict:
 def _infer(args, sink: EventSink) -> dict:
     from .inference import infer_case, infer_dataset
 
-    options = dict(overlap=args.overlap, device=args.device, largest_component=args.largest_component,
+    options = dict(overlap=args.overlap, device=args.device, postprocess=args.postprocess,
                    probabilities=args.probabilities, sink=sink)
     if args.dataset:
         outputs = infer_dataset(args.model, args.dataset, _ids(args.cases), args.out_dir, subset=args.subset,
@@ -71,7 +72,8 @@ def _evaluate(args, sink: EventSink) -> dict:
     from .evaluation import evaluate_folder
 
     outputs = evaluate_folder(args.predictions, args.dataset, args.out, classes=args.classes, model=args.model,
-                              cases=_ids(args.cases), sink=sink)
+                              cases=_ids(args.cases), sink=sink, allow_missing=args.allow_missing,
+                              postprocess=args.postprocess)
     return {"status": "finished", "outputs": outputs}
 
 
@@ -155,7 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--subset", choices=["Tr", "Ts"], default="Tr",
                    help="with --dataset: imagesTr (default; ground truth from labelsTr) or imagesTs (labelsTs optional)")
     i.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
-    i.add_argument("--largest-component", action="store_true", help="keep the largest component of each class")
+    i.add_argument("--postprocess", metavar="SPEC",
+                   help="post-processing of every class: none, largest (largest connected component only) or "
+                        "min-size=V (remove components smaller than V mm³); default: the one the model chose on its "
+                        "validation cases, none when it has none")
+    i.add_argument("--largest-component", dest="postprocess", action="store_const", const="largest",
+                   help="the same as --postprocess largest (kept for older scripts)")
     i.add_argument("--probabilities", action="store_true", help="also write softmax probabilities")
     i.add_argument("--device", default="auto")
 
@@ -166,7 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", required=True, type=Path, help="nnU-Net v2 raw folder with labelsTr/")
     e.add_argument("--classes", nargs="+", metavar="NAME=V1,V2", help="class map of the ground truth")
     e.add_argument("--model", type=Path, help="take the class map from this model file instead")
-    e.add_argument("--cases", default="", metavar="ID,ID", help="case ids (default: every prediction)")
+    e.add_argument("--cases", default="", metavar="ID,ID", help="case ids (default: every case of the dataset)")
+    e.add_argument("--allow-missing", action="store_true",
+                   help="evaluate only the cases that have a prediction (a warning names the others); "
+                        "without it a missing prediction is an error")
+    e.add_argument("--postprocess", metavar="SPEC",
+                   help="post-processing of the 'chosen' variant for every class: none, largest or min-size=V (mm³); "
+                        "default: the one --model chose on its validation cases, else none")
     e.add_argument("--out", required=True, type=Path, help="folder for metrics.json and metrics.md")
 
     d = command("demo", "generate phantoms, fine-tune vanilla and asymmetric-focal, compare (under 2 min on 2 cores)",
@@ -186,11 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--iterations", type=int, required=True)
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--quick", action="store_true", help="a smoke run in a few minutes")
+    b.add_argument("--official", action="store_true",
+                   help="the official code's training as closely as this machine allows: rmsprop-official, lr 1e-3 "
+                        "halved on the official schedule, batch 10, patch 40^3 (report.md says what differs)")
     _training_options(b)
     b.add_argument("--network", type=json.loads, metavar="JSON",
-                   help='network settings as in the job spec, e.g. \'{"name": "unet", "channels": [16, 32, 64]}\'')
+                   help='network settings as in the job spec, e.g. \'{"name": "unet", "channels": [8, 16, 32], '
+                        '"strides": [2, 2]}\'')
     b.add_argument("--overlap", type=float, help="sliding-window overlap of inference (default 0.5)")
     b.add_argument("--device", default="auto")
+    b.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
+                   help="local (default): the runs in this process; slurm: one SLURM job array task per run, "
+                        "through submitit; submitit-local: the same through submitit's local executor")
+    b.add_argument("--slurm-partition", help="with --executor slurm: the partition")
+    b.add_argument("--slurm-gpus", type=int, default=1, help="with --executor slurm: GPUs per run (default 1)")
+    b.add_argument("--slurm-cpus", type=int, default=4, help="with --executor slurm: CPU cores per run (default 4)")
+    b.add_argument("--slurm-time", type=int, default=240, metavar="MINUTES",
+                   help="time limit of one run's job in minutes (default 240)")
+    b.add_argument("--slurm-array-parallelism", type=int, default=16,
+                   help="with --executor slurm: runs at once (default 16)")
     return parser
 
 
@@ -211,7 +238,8 @@ def _check_utf8(argv: List[str]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    sink = EventSink(json_stdout=args.events)
+    world = distributed.world_from_environment()
+    sink = EventSink(json_stdout=args.events, rank=world.rank)
     previous = {sig: signal.signal(sig, _cancel) for sig in (signal.SIGTERM, signal.SIGINT)} \
         if threading.current_thread() is threading.main_thread() else {}
     try:
@@ -237,6 +265,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sink.close()
+        distributed.stop()
     return code
 
 

@@ -74,7 +74,12 @@ def _describe(event: dict) -> str:
 class EventSink:
     """Emits events and log lines; ``attach(folder)`` starts ``events.jsonl`` and ``log.txt`` there."""
 
-    def __init__(self, json_stdout: bool = False, progress_bar: Optional[bool] = None):
+    def __init__(self, json_stdout: bool = False, progress_bar: Optional[bool] = None, rank: int = 0):
+        """``rank`` > 0: another process of a torchrun world; it writes no stdout, no progress bar and
+        marks its stderr lines with its rank (rank 0 reports the run)."""
+        json_stdout = json_stdout and rank == 0
+        progress_bar = False if rank else progress_bar
+        self._prefix = f"[rank {rank}] " if rank else ""
         self.json_stdout = json_stdout
         self._stdout: IO = sys.stdout
         if json_stdout:
@@ -136,6 +141,7 @@ class EventSink:
 
     def log(self, message: str) -> None:
         stamp = time.strftime("%H:%M:%S")
+        message = self._prefix + message
         if self._bar is not None:
             self._bar.write(message, file=sys.stderr)
         else:

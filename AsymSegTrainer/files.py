@@ -3,7 +3,8 @@
 A writer gets a temporary path beside the target (same extension, so format-by-extension
 writers still work), and the temporary file replaces the target only once it is complete
 and flushed to disk. A full disk or an unwritable folder becomes a ResourceError that says
-what to do; the previous file, if any, is left as it was.
+what to do; the previous file, if any, is left as it was. Before writing, a command checks with
+:func:`refuse_overwriting_inputs` that none of its outputs is, or lies inside, one of its inputs.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
-from .errors import ResourceError
+from .errors import InputError, ResourceError
 
 _COMPOUND_EXTENSIONS = (".nii.gz",)
+PathLike = Union[str, os.PathLike]
 
 
 def _suffix(path: Path) -> str:
@@ -94,3 +96,52 @@ def check_writable_folder(folder) -> Path:
         raise ResourceError(f"The output folder {folder} is not writable: {exc.strerror or exc}.",
                             "Choose an output folder you can write to.") from exc
     return folder
+
+
+def case_inputs(specs) -> Dict[str, Optional[str]]:
+    """what -> path of the images, labels and masks of cases (data.CaseSpec: id, images, label, mask)."""
+    named: Dict[str, Optional[str]] = {}
+    for spec in specs:
+        named.update({f"image {c} of case {spec.id}": path for c, path in enumerate(spec.images)})
+        named.update({f"{kind} of case {spec.id}": getattr(spec, kind) for kind in ("label", "mask")})
+    return named
+
+
+def refuse_overwriting_inputs(outputs: Iterable[PathLike], inputs: Mapping[str, Optional[PathLike]]) -> None:
+    """InputError naming both paths when an output file or folder is, or lies inside, an input file or folder.
+
+    Called before a command writes anything, so a mistyped output path can never replace an
+    image, a label, a mask or a model, nor write into a dataset folder. ``inputs``: what -> path,
+    e.g. ``{"--label": "gt.nii.gz"}`` (None paths are skipped); ``what`` names the input in the
+    message. Paths are compared as the file system sees them: symbolic links and ``..``
+    resolved, and by device and inode where the path exists (as os.path.samefile), which also
+    catches hard links and other spellings of one file.
+    """
+    cache: Dict[str, list] = {}
+
+    def identities(path) -> list:
+        """The resolved path and, when it exists, its (device, inode)."""
+        key = os.fspath(path)
+        if key not in cache:
+            real = os.path.realpath(key)
+            try:
+                stat = os.stat(real)
+                cache[key] = [real, (stat.st_dev, stat.st_ino)]
+            except OSError:
+                cache[key] = [real]
+        return cache[key]
+
+    known: Dict[object, Tuple[str, object]] = {}
+    for what, path in inputs.items():
+        if path is not None:
+            for identity in identities(path):
+                known.setdefault(identity, (what, path))
+    for path in outputs:
+        real = Path(identities(path)[0])
+        for candidate in (real, *real.parents):
+            clash = next((known[i] for i in identities(candidate) if i in known), None)
+            if clash is not None:
+                relation = "is" if candidate == real else "lies inside"
+                raise InputError(f"The output {path} {relation} the input {clash[0]} {clash[1]}.",
+                                 "Choose an output path outside the inputs, which are never overwritten; "
+                                 "nothing was written.")

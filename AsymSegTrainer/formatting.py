@@ -2,14 +2,18 @@
 
 Fractions (DSC, sensitivity, precision) are shown as percentages with one decimal, as in the
 paper's tables; summaries are the ``{"mean", "std", "n", "n_undefined"}`` dicts of
-:func:`AsymSegTrainer.metrics.summarize`; "–" fills a table cell without a value.
+:func:`AsymSegTrainer.metrics.summarize`; "–" fills a table cell without a value. Lesion
+counts read as found of reference ("7/9"), missed, false positives and the lesion-wise
+sensitivity in percent (``LESION_TITLES``).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 MISSING = "–"
+LESION_TITLES = ("Lesions found", "Lesions missed", "FP lesions", "Lesion SEN (%)")
+"""Column titles of ``lesion_cells``."""
 
 
 def percent(value: Optional[float]) -> str:
@@ -34,6 +38,18 @@ def mean_std(summary: Optional[dict], scale: float = 100.0, count_prefix: str = 
 def mean_percent(summary: dict) -> str:
     """The mean of a summary of fractions as a percentage, ``"87.3"``, for compact cells and log lines."""
     return MISSING if summary["mean"] is None else f"{100 * summary['mean']:.1f}"
+
+
+def lesion_cells(detected: Optional[int], reference: Optional[int], false_positive: Optional[int]) -> List[str]:
+    """Cells under ``LESION_TITLES``: ``["7/9", "2", "3", "77.8"]``; "–" where a count is unknown.
+
+    Missed = reference - detected; the sensitivity is detected / reference ("–" without
+    reference lesions: nothing to find).
+    """
+    known = detected is not None and reference is not None
+    return [f"{detected}/{reference}" if known else MISSING, str(reference - detected) if known else MISSING,
+            MISSING if false_positive is None else str(false_positive),
+            f"{100 * detected / reference:.1f}" if known and reference else MISSING]
 
 
 def signed(value: Optional[float], scale: float = 1.0, digits: int = 1) -> str:

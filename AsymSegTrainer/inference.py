@@ -15,12 +15,14 @@ For each case (docs/protocol.md, "infer outputs"):
 4. outputs, beside ``FILE``, in the exact geometry (size, spacing, origin, direction) of the
    first channel and the format of ``FILE``'s extension:
 
-   - ``FILE``: uint8 class indices (0 = background); with ``largest_component`` only the
-     largest connected component of each foreground class is kept;
+   - ``FILE``: uint8 class indices (0 = background), post-processed per class as ``postprocess``
+     says (``none``, ``largest``, ``min-size=V``), else as the model chose on its validation
+     cases, else not at all (postprocessing.py);
    - ``<stem>_logits.json``: LogitStatistics of the case (input grid, inside the ROI mask when
      given), voxels grouped by the ground-truth class with ``label`` (``"grouped_by":
      "reference"``) else by the predicted class of the raw argmax (``"prediction"``);
-   - ``<stem>_metrics.json`` (with ``label``): per-class metrics ``raw`` and ``post``
+   - ``<stem>_metrics.json`` (with ``label``): per-class voxel and lesion-wise metrics ``raw``,
+     ``chosen`` (the post-processing of ``FILE``, named under ``postprocessing``) and ``post``
      (largest component), keyed by class name;
    - ``<stem>_probabilities.nii.gz`` (with ``probabilities``): softmax, one vector component
      per class, float32.
@@ -42,13 +44,14 @@ from torch import nn
 from .data import (SUPPORTED_EXTENSIONS, CaseSpec, ClassMap, LoadedCase, Normalization, load_case, read_image,
                    read_nnunet_dataset, spacing_zyx, to_reference, write_image)
 from .errors import InputError
-from .evaluation import label_array, raw_and_post
-from .files import check_writable_folder, write_json
+from .evaluation import VARIANTS, label_array, raw_and_post
+from .files import case_inputs, check_writable_folder, refuse_overwriting_inputs, write_json
 from .formatting import percent
 from .events import EventSink
+from .locks import FolderLock
 from .logits import LogitStatistics
-from .metrics import keep_largest_component
 from .network import build_network, load_model_file, load_weights
+from .postprocessing import apply_postprocessing, resolve_postprocessing
 from .prediction import predict_logits
 from .runtime import resolve_device, versions
 
@@ -102,6 +105,11 @@ def load_predictor(model: Union[str, Path, Predictor], device: str = "auto") -> 
     return Predictor(path, meta, network, torch_device, class_map, normalization)
 
 
+def _model_path(model: Union[str, Path, Predictor]) -> Path:
+    """The file of a model given as a path or as a loaded Predictor."""
+    return model.path if isinstance(model, Predictor) else Path(model)
+
+
 def _check_channels(predictor: Predictor, images: Sequence) -> None:
     channels = predictor.channels
     if len(images) != len(channels):
@@ -121,13 +129,16 @@ def output_paths(out) -> Dict[str, Path]:
     if ext is None or len(path.name) == len(ext):
         raise InputError(f"Output file {path} has an unsupported extension.",
                          f"Use one of {', '.join(SUPPORTED_EXTENSIONS)}, e.g. prediction.nii.gz.")
+    if path.is_dir():
+        raise InputError(f"Output file {path} is a folder.", f"Give a file name, e.g. {path / f'prediction{ext}'}.")
     stem = path.name[: -len(ext)]
     return {"prediction": path, "logits": path.with_name(f"{stem}_logits.json"),
             "metrics": path.with_name(f"{stem}_metrics.json"),
             "probabilities": path.with_name(f"{stem}_probabilities.nii.gz")}
 
 
-def _check_overlap(overlap) -> float:
+def check_overlap(overlap) -> float:
+    """The sliding-window overlap as a float; InputError unless it is a fraction in [0, 1)."""
     try:
         value = float(overlap)
     except (TypeError, ValueError):
@@ -202,22 +213,26 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return torch.softmax(torch.from_numpy(logits), dim=0).numpy()
 
 
-def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, largest_component: bool = False,
+def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, postprocess: Optional[str] = None,
                probabilities: bool = False, sink: Optional[EventSink] = None, index: int = 1,
                total: int = 1) -> Dict[str, str]:
     """Segment one case (``spec``: images, optional label and mask) and write its outputs beside ``out``.
 
     The building block of infer_case and infer_cases; emits ``load`` and
     ``infer`` progress events (``iteration`` = ``index`` of ``total`` cases, plus
-    ``fraction`` of the case's windows done). Returns output name -> path. A ``<stem>_metrics.json``
-    or ``<stem>_probabilities.nii.gz`` left beside ``out`` by an earlier run and not written by this
-    one is removed, so the files beside ``out`` always belong together.
+    ``fraction`` of the case's windows done). ``postprocess``: a spec for every class, else the
+    model's choice, else none (postprocessing.resolve_postprocessing). Returns output name -> path.
+    A ``<stem>_metrics.json`` or ``<stem>_probabilities.nii.gz`` left beside ``out`` by an earlier
+    run and not written by this one is removed, and ``out`` itself is written last (an earlier one
+    is removed first), so the files beside ``out`` always belong together and a run that fails
+    part-way leaves no prediction.
     """
     sink = sink or EventSink(progress_bar=False)
     paths = output_paths(out)
-    overlap = _check_overlap(overlap)
+    overlap = check_overlap(overlap)
     _check_channels(predictor, spec.images)
     names = predictor.class_names
+    postprocessing = resolve_postprocessing(postprocess, names, predictor.meta)
     sink.emit("progress", phase="load", iteration=index, total=total, case=spec.id)
     case = load_case(spec, predictor.class_map if spec.label else None, predictor.normalization,
                      predictor.meta.get("target_spacing"))
@@ -246,30 +261,33 @@ def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, 
         mask = (_input_grid_array(spec.mask) != 0) if resampled else case.mask
 
     raw = np.argmax(logits, axis=0).astype(np.uint8)
-    foreground = list(range(1, len(names)))
-    written = keep_largest_component(raw, foreground) if largest_component else raw
-    outputs = {"prediction": str(write_image(written, case.reference, paths["prediction"]))}
+    written = apply_postprocessing(raw, postprocessing, names, spacing_zyx(case.reference))
 
     grouped_by = "reference" if label is not None else "prediction"
     stats = LogitStatistics(names, metadata={"grouped_by": grouped_by, "case": spec.id, "model": str(predictor.path),
                                              "images": [str(p) for p in spec.images], "label": spec.label,
                                              "mask": spec.mask, "resampled": resampled})
     stats.update(logits, label if label is not None else raw, mask)
-    outputs["logits"] = str(write_json(paths["logits"], {**stats.to_dict(), "grouped_by": grouped_by}))
+    paths["prediction"].unlink(missing_ok=True)  # an earlier run's: the prediction is written last, see below
+    outputs = {"logits": str(write_json(paths["logits"], {**stats.to_dict(), "grouped_by": grouped_by}))}
 
     if label is not None:
-        metrics = raw_and_post(raw, label, spacing_zyx(case.reference), names)
-        record = {"case": spec.id, "classes": names, "written": "post" if largest_component else "raw", **metrics}
+        metrics = raw_and_post(raw, label, spacing_zyx(case.reference), names, postprocessing)
+        record = {"case": spec.id, "classes": names, "postprocessing": postprocessing, "written": "chosen", **metrics}
         outputs["metrics"] = str(write_json(paths["metrics"], record))
-        for variant in ("raw", "post"):
+        for variant in VARIANTS:
             sink.log(f"{spec.id} {variant}: " + "; ".join(
-                f"{name} DSC {percent(m['dsc'])} SEN {percent(m['sensitivity'])} PRC {percent(m['precision'])}"
+                f"{name} DSC {percent(m['dsc'])} SEN {percent(m['sensitivity'])} PRC {percent(m['precision'])}, "
+                f"lesions found {m['lesions_detected']}/{m['lesions_reference']} FP {m['lesions_false_positive']}"
                 for name, m in metrics[variant].items()))
     if probabilities:
         outputs["probabilities"] = str(write_image(_softmax(logits), case.reference, paths["probabilities"]))
     for name in ("metrics", "probabilities"):  # a companion of an earlier run would pass for this run's
         if name not in outputs and paths[name].is_file():
             paths[name].unlink()
+    # Last, so that a run failing part-way leaves no prediction of this case: a prediction file on disk
+    # always comes with this run's companions (and evaluate only picks up predictions).
+    outputs["prediction"] = str(write_image(written, case.reference, paths["prediction"]))
     return outputs
 
 
@@ -284,28 +302,32 @@ def _config(predictor: Predictor, **settings) -> dict:
 # ---------------------------------------------------------------------------- public entry points
 
 def infer_case(model, images: Sequence, out, label=None, mask=None, overlap: float = 0.5, device: str = "auto",
-               largest_component: bool = False, probabilities: bool = False,
+               postprocess: Optional[str] = None, probabilities: bool = False,
                sink: Optional[EventSink] = None) -> Dict[str, str]:
     """``infer --model M --images CH0 [CH1 ...] --out FILE``: one case; returns output name -> path.
 
     Outputs: ``prediction`` (FILE), ``logits``, with ``label`` ``metrics``, with
-    ``probabilities`` ``probabilities`` (docs/protocol.md, "infer outputs").
+    ``probabilities`` ``probabilities`` (docs/protocol.md, "infer outputs"). ``postprocess``
+    (``--postprocess``): a spec for every class; default the model's choice, else none.
     """
     sink = sink or EventSink(progress_bar=False)
     if not images:
         raise InputError("No input images.", "Give one image per channel with --images.")
     paths = output_paths(out)
-    overlap = _check_overlap(overlap)
+    overlap = check_overlap(overlap)
+    refuse_overwriting_inputs(paths.values(), {**{f"image {c} (--images)": p for c, p in enumerate(images)},
+                                               "--label": label, "--mask": mask, "--model": _model_path(model)})
     check_writable_folder(paths["prediction"].parent)
     predictor = load_predictor(model, device)
     config = _config(predictor, images=[str(p) for p in images], label=label, mask=mask, out=paths["prediction"],
-                     overlap=overlap, device=device, largest_component=largest_component, probabilities=probabilities)
+                     overlap=overlap, device=device, probabilities=probabilities,
+                     postprocessing=resolve_postprocessing(postprocess, predictor.class_names, predictor.meta))
     sink.emit("start", command="infer", config=config, device=str(predictor.device), versions=versions(),
               output=str(paths["prediction"]))
     stem = paths["logits"].name[: -len("_logits.json")]
     spec = CaseSpec(id=stem, images=[str(p) for p in images], label=str(label) if label else None,
                     mask=str(mask) if mask else None, role="test")
-    return infer_spec(predictor, spec, paths["prediction"], overlap, largest_component, probabilities, sink)
+    return infer_spec(predictor, spec, paths["prediction"], overlap, postprocess, probabilities, sink)
 
 
 @dataclass
@@ -317,11 +339,13 @@ class CaseSet:
     logits: LogitStatistics
     """The cases' logit statistics merged (metadata: ``grouped_by``, ``cases`` and the caller's)."""
     metrics: Dict[str, Dict[str, Dict[str, dict]]]
-    """case id -> ``{"raw" | "post": {class name: metrics}}``, for the cases with ground truth."""
+    """case id -> ``{"raw" | "chosen" | "post": {class name: metrics}}``, for the cases with ground truth."""
+    postprocessing: Dict[str, str]
+    """class name -> the post-processing of the written label maps (the "chosen" variant)."""
 
 
 def infer_cases(predictor: Predictor, specs: Sequence[CaseSpec], out_dir, file_ending: str = ".nii.gz",
-                overlap: float = 0.5, largest_component: bool = False, probabilities: bool = False,
+                overlap: float = 0.5, postprocess: Optional[str] = None, probabilities: bool = False,
                 sink: Optional[EventSink] = None, metadata: Optional[dict] = None) -> CaseSet:
     """Segment several cases into ``out_dir/<case><file_ending>`` (+ companions) and pool what they measured.
 
@@ -329,10 +353,11 @@ def infer_cases(predictor: Predictor, specs: Sequence[CaseSpec], out_dir, file_e
     ``infer --dataset``, and the demo and bench for the training and the unseen cases (the
     same model on the same input grid, so the two sides compare voxel for voxel). The merged
     statistics are grouped by the reference when every case has one, by the prediction when
-    none has (else "mixed"); ``metadata`` is added to theirs. ValueError for no cases.
+    none has (else "mixed"); ``metadata`` is added to theirs. ``postprocess`` as for
+    infer_spec. ValueError for no cases.
     """
     outputs = {spec.id: infer_spec(predictor, spec, Path(out_dir) / f"{spec.id}{file_ending}", overlap,
-                                   largest_component, probabilities, sink, i, len(specs))
+                                   postprocess, probabilities, sink, i, len(specs))
                for i, spec in enumerate(specs, 1)}
     labelled = [bool(spec.label) for spec in specs]
     grouped_by = "reference" if all(labelled) else "prediction" if not any(labelled) else "mixed"
@@ -349,12 +374,12 @@ def infer_cases(predictor: Predictor, specs: Sequence[CaseSpec], out_dir, file_e
     for case, files in outputs.items():
         if "metrics" in files:
             record = json.loads(Path(files["metrics"]).read_text(encoding="utf-8"))
-            metrics[case] = {"raw": record["raw"], "post": record["post"]}
-    return CaseSet(outputs, logits, metrics)
+            metrics[case] = {variant: record[variant] for variant in VARIANTS}
+    return CaseSet(outputs, logits, metrics, resolve_postprocessing(postprocess, predictor.class_names, predictor.meta))
 
 
 def infer_dataset(model, dataset, case_ids: Sequence[str], out_dir, overlap: float = 0.5, device: str = "auto",
-                  largest_component: bool = False, probabilities: bool = False,
+                  postprocess: Optional[str] = None, probabilities: bool = False,
                   sink: Optional[EventSink] = None, subset: str = "Tr") -> Dict[str, str]:
     """``infer --dataset DIR --out-dir OUT [--cases ...] [--subset Ts]``: cases of an nnU-Net v2 raw folder.
 
@@ -364,38 +389,50 @@ def infer_dataset(model, dataset, case_ids: Sequence[str], out_dir, overlap: flo
     ``logit_statistics.json`` (all cases merged; grouped by the reference only when every case
     has one) and, for the cases with ground truth, ``metrics.json`` / ``metrics.md``
     (evaluation.write_metrics). Returns name -> path, with ``<case>``, ``<case>_logits``,
-    ``<case>_metrics``, ``<case>_probabilities`` per case.
+    ``<case>_metrics``, ``<case>_probabilities`` per case. No output may be or lie inside an input;
+    OUT is locked for the command's life (locks.FolderLock) and the merged files of an earlier
+    run are removed before the first case.
     """
-    from .evaluation import write_metrics
+    from .evaluation import metrics_paths, write_metrics
 
     sink = sink or EventSink(progress_bar=False)
     if out_dir is None:
         raise InputError("No output folder: infer --dataset needs --out-dir DIR.", "E.g. --out-dir predictions.")
     out_dir = Path(out_dir).expanduser().absolute()
-    overlap = _check_overlap(overlap)
-    check_writable_folder(out_dir)
-    sink.attach(out_dir)
+    overlap = check_overlap(overlap)
     info, specs = read_nnunet_dataset(Path(dataset), subset)
     by_id = {spec.id: spec for spec in specs}
     unknown = [c for c in case_ids if c not in by_id]
     if unknown:
         raise InputError(f"Case(s) {unknown} are not in {dataset}.", f"Available cases: {', '.join(sorted(by_id))}.")
     chosen = [by_id[c] for c in case_ids] if case_ids else specs
-    predictor = load_predictor(model, device)
-    config = _config(predictor, dataset=str(dataset), cases=[s.id for s in chosen], out_dir=out_dir, overlap=overlap,
-                     device=device, largest_component=largest_component, probabilities=probabilities)
-    sink.emit("start", command="infer", config=config, device=str(predictor.device), versions=versions(),
-              output=str(out_dir))
-    cases = infer_cases(predictor, chosen, out_dir, info["file_ending"], overlap, largest_component, probabilities,
-                        sink, {"model": str(predictor.path)})
-    outputs = {}
-    for case, files in cases.outputs.items():
-        for name, path in files.items():
-            outputs[case if name == "prediction" else f"{case}_{name}"] = path
-    outputs["logit_statistics"] = str(write_json(out_dir / "logit_statistics.json",
-                                                 {**cases.logits.to_dict(),
-                                                  "grouped_by": cases.logits.metadata["grouped_by"]}))
-    if cases.metrics:
-        outputs.update(write_metrics(out_dir, cases.metrics, predictor.class_names,
-                                     extra={"model": str(predictor.path), "dataset": str(dataset)}))
-    return outputs
+    merged = {"logit_statistics": out_dir / "logit_statistics.json", **metrics_paths(out_dir)}
+    refuse_overwriting_inputs(
+        [out_dir, *merged.values(), *(path for spec in chosen for path in output_paths(
+            out_dir / f"{spec.id}{info['file_ending']}").values())],
+        {"dataset folder (--dataset)": dataset, "--model": _model_path(model), **case_inputs(chosen)})
+    check_writable_folder(out_dir)
+    with FolderLock(out_dir):
+        sink.attach(out_dir)
+        for path in merged.values():  # an earlier run's would pass for this run's if this one failed part-way
+            path.unlink(missing_ok=True)
+        predictor = load_predictor(model, device)
+        config = _config(predictor, dataset=str(dataset), cases=[s.id for s in chosen], out_dir=out_dir,
+                         overlap=overlap, device=device, probabilities=probabilities,
+                         postprocessing=resolve_postprocessing(postprocess, predictor.class_names, predictor.meta))
+        sink.emit("start", command="infer", config=config, device=str(predictor.device), versions=versions(),
+                  output=str(out_dir))
+        cases = infer_cases(predictor, chosen, out_dir, info["file_ending"], overlap, postprocess,
+                            probabilities, sink, {"model": str(predictor.path)})
+        outputs = {}
+        for case, files in cases.outputs.items():
+            for name, path in files.items():
+                outputs[case if name == "prediction" else f"{case}_{name}"] = path
+        outputs["logit_statistics"] = str(write_json(merged["logit_statistics"],
+                                                     {**cases.logits.to_dict(),
+                                                      "grouped_by": cases.logits.metadata["grouped_by"]}))
+        if cases.metrics:
+            outputs.update(write_metrics(out_dir, cases.metrics, predictor.class_names,
+                                         extra={"model": str(predictor.path), "dataset": str(dataset)},
+                                         postprocessing=cases.postprocessing))
+        return outputs

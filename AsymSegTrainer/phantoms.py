@@ -7,6 +7,11 @@ brighter than tissue in both channels) and "distractor" blobs bright in one chan
 plus noise. A lesion is recognisable only from both channels together, so a small network
 can learn the task in about a minute of CPU training, yet small, faint lesions of unseen
 cases are easy to under-segment: the paper's regime (foreground:background <= 1:100).
+
+With ``multi_lesion`` (an option; the default phantoms stay as they are), a case has 4-8
+lesions, at least one of each size bin of metrics.LESION_SIZE_BINS (``MULTI_LESION_VOLUMES_MM3``),
+and no two lesions touch (not even at a corner): each is one 26-connected reference lesion,
+the test case of lesion-wise evaluation and post-processing.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import binary_dilation, gaussian_filter
 from scipy.spatial.transform import Rotation
 
 from .data import write_image
@@ -31,6 +36,11 @@ FILE_ENDING = ".nii.gz"
 MAX_FOREGROUND_SHARE = 1 / 101  # foreground:background <= 1:100
 # (body intensity, organ intensity) per channel, arbitrary MR-like units
 TISSUE = ((400.0, 550.0), (300.0, 220.0))
+MULTI_LESION_COUNT = (4, 8)
+"""Lesions per case with ``multi_lesion`` (inclusive range)."""
+MULTI_LESION_VOLUMES_MM3 = {"small": (3.0, 7.0), "medium": (20.0, 70.0), "large": (150.0, 400.0)}
+"""Nominal volumes with ``multi_lesion``: one lesion drawn from each range (inside the bins of
+metrics.LESION_SIZE_BINS with a margin for voxelisation), the others log-uniform from 3 to 150."""
 
 
 def _ellipsoid_radius(points: np.ndarray, centre, semi_axes, rotation: Rotation) -> np.ndarray:
@@ -57,12 +67,38 @@ def _rim(radius: np.ndarray) -> np.ndarray:
     return np.clip((1.25 - radius) / 0.5, 0.0, 1.0)
 
 
+def _separate_lesions(rng: np.random.Generator, points: np.ndarray, candidates: np.ndarray, body: np.ndarray,
+                      voxel_volume: float, budget: int) -> list:
+    """Normalised radii of ``MULTI_LESION_COUNT`` lesions of every size, none touching another (26-connectivity).
+
+    The nominal volumes are scaled down together when they would exceed 80% of the foreground
+    ``budget`` (voxels). A lesion is redrawn elsewhere while it would touch an earlier one; one
+    that finds no free place in 50 draws is left out.
+    """
+    count = int(rng.integers(MULTI_LESION_COUNT[0], MULTI_LESION_COUNT[1] + 1))
+    volumes = [rng.uniform(low, high) for low, high in MULTI_LESION_VOLUMES_MM3.values()]
+    volumes = np.array(volumes + list(np.exp(rng.uniform(np.log(3.0), np.log(150.0), count - len(volumes)))))
+    volumes *= min(1.0, 0.8 * budget * voxel_volume / volumes.sum())
+    radii, label = [], np.zeros(body.shape, bool)
+    for volume in volumes:
+        near = binary_dilation(label, np.ones((3, 3, 3), bool))
+        for _ in range(50):
+            (radius,) = _blob_radii(rng, points, candidates, [volume / voxel_volume], voxel_volume)
+            inside = (radius <= 1) & body
+            if not (inside & near).any():
+                radii.append(radius)
+                label |= inside
+                break
+    return radii
+
+
 def phantom_case(rng: np.random.Generator, shape: Sequence[int] = (48, 48, 48),
-                 spacing: Sequence[float] = (1.5, 1.0, 1.0)) -> Tuple[np.ndarray, np.ndarray]:
+                 spacing: Sequence[float] = (1.5, 1.0, 1.0),
+                 multi_lesion: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """One phantom: image (2, z, y, x) float32 and label (z, y, x) uint8 (0 background, 1 lesion).
 
     ``spacing`` is (z, y, x) in mm; shapes are drawn in millimetres, so they stay round on
-    anisotropic grids.
+    anisotropic grids. ``multi_lesion``: 4-8 separate lesions of every size (module docstring).
     """
     shape, spacing = tuple(shape), np.asarray(spacing, float)
     points = np.stack(np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)],
@@ -79,12 +115,15 @@ def phantom_case(rng: np.random.Generator, shape: Sequence[int] = (48, 48, 48),
 
     # Lesions: total size a random share of the volume, split unevenly, shrunk until within budget.
     budget = int(np.prod(shape) * MAX_FOREGROUND_SHARE)
-    count = int(rng.integers(1, 5))
-    sizes = np.maximum(30, np.prod(shape) * rng.uniform(0.002, 0.008) * rng.dirichlet(np.full(count, 0.8)))
-    lesions = _blob_radii(rng, points, candidates, sizes, voxel_volume)
+    if multi_lesion:
+        lesions = _separate_lesions(rng, points, candidates, body, voxel_volume, budget)
+    else:
+        count = int(rng.integers(1, 5))
+        sizes = np.maximum(30, np.prod(shape) * rng.uniform(0.002, 0.008) * rng.dirichlet(np.full(count, 0.8)))
+        lesions = _blob_radii(rng, points, candidates, sizes, voxel_volume)
     label = np.any([r <= 1 for r in lesions], axis=0) & body
     while label.sum() > budget:
-        lesions = [r / 0.95 for r in lesions]  # scales every semi-axis by 0.95
+        lesions = [r / 0.95 for r in lesions]  # scales every semi-axis by 0.95 (lesions only move apart)
         label = np.any([r <= 1 for r in lesions], axis=0) & body
     lesion_rim = np.max([_rim(r) for r in lesions], axis=0)
 
@@ -108,14 +147,14 @@ def phantom_case(rng: np.random.Generator, shape: Sequence[int] = (48, 48, 48),
 def make_phantom_dataset(folder, num_cases: int = 6, shape: Sequence[int] = (48, 48, 48),
                          spacing: Sequence[float] = (1.5, 1.0, 1.0), seed: int = 0,
                          direction: Optional[Sequence[float]] = None,
-                         origin: Optional[Sequence[float]] = None) -> Path:
+                         origin: Optional[Sequence[float]] = None, multi_lesion: bool = False) -> Path:
     """Write an nnU-Net v2 raw dataset of ``num_cases`` phantoms into ``folder``; return the folder.
 
     ``shape`` and ``spacing`` are (z, y, x); ``direction`` (9 numbers, row-major, as
     SimpleITK's SetDirection) and ``origin`` (physical x, y, z in mm) default to identity and
-    zero. Same seed, same arrays. A non-empty folder is never overwritten: if it already holds
-    a phantom dataset made with the same settings it is returned as it is, otherwise
-    InputError.
+    zero; ``multi_lesion``: 4-8 separate lesions of every size per case. Same seed, same
+    arrays. A non-empty folder is never overwritten: if it already holds a phantom dataset
+    made with the same settings it is returned as it is, otherwise InputError.
     """
     folder = Path(folder)
     if num_cases < 1 or len(shape) != 3 or min(shape) < 8 or len(spacing) != 3 or min(spacing) <= 0:
@@ -123,7 +162,8 @@ def make_phantom_dataset(folder, num_cases: int = 6, shape: Sequence[int] = (48,
                          "Use num_cases >= 1, a (z, y, x) shape of at least 8 voxels per axis and positive spacing.")
     settings = json.loads(json.dumps({"num_cases": num_cases, "shape_zyx": list(shape), "spacing_zyx": list(spacing),
                                       "seed": seed, "direction": direction and list(direction),
-                                      "origin": origin and list(origin)}))
+                                      "origin": origin and list(origin),
+                                      **({"multi_lesion": True} if multi_lesion else {})}))
     if folder.is_dir() and any(folder.iterdir()):
         try:
             existing = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
@@ -143,7 +183,7 @@ def make_phantom_dataset(folder, num_cases: int = 6, shape: Sequence[int] = (48,
                          "Give a direction of 9 numbers (an invertible 3x3 matrix, row-major) and an origin "
                          "of 3 numbers.") from exc
     for i in range(num_cases):
-        image, label = phantom_case(np.random.default_rng([seed, i]), shape, spacing)
+        image, label = phantom_case(np.random.default_rng([seed, i]), shape, spacing, multi_lesion)
         case_id = f"phantom_{i:03d}"
         for c, channel in enumerate(image):
             write_image(channel, reference, folder / "imagesTr" / f"{case_id}_{c:04d}{FILE_ENDING}")

@@ -21,8 +21,9 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from . import distributed
 from .data import LoadedCase, load_case
-from .errors import DivergenceError, InputError, ResourceError
+from .errors import AsymSegError, DivergenceError, InputError, ResourceError
 from .events import EventSink
 from .files import check_writable_folder, write_json
 from .jobspec import LOSSES, Job, load_job
@@ -31,6 +32,7 @@ from .logits import LogitStatistics
 from .losses import AsymmetricLoss, TermLoss, ldam_rarity, logit_adjusted_ce, soft_fbeta_loss
 from .metrics import case_metrics, summarize
 from .network import build_network, load_model_file, load_weights, save_model
+from .postprocessing import choose_postprocessing, store_postprocessing
 from .prediction import predict_logits
 from .regularizers import (adversarial_perturbation, choose_patches_to_augment, mixup_batch, mixup_targets,
                            sample_mixup_lambda)
@@ -124,7 +126,8 @@ class Trainer:
         self.out = job.output
         self.model_path: Optional[Path] = None
         self.lock: Optional[FolderLock] = None
-        self.device = resolve_device(job.device)
+        self.world = distributed.world_from_environment()
+        self.device = distributed.start(self.world, resolve_device(job.device))
         self.amp = job.amp and self.device.type == "cuda"
 
     # ---------------------------------------------------------------- setup
@@ -209,16 +212,20 @@ class Trainer:
                 "validation": {"best_mean_dsc": self.best_dsc, "history": self.history}}
 
     def _build(self, resume: bool) -> int:
-        """Network, optimiser and loss; returns the iteration to start from."""
+        """Network, optimiser, loss and the weights to start from; returns the iteration to start from.
+
+        ``train_model`` is what training steps run through: the network itself, or its DDP wrapper
+        under torchrun (made after the weights are loaded).
+        """
         self._build_network()
         self.optimizer = OPTIMIZERS[self.job.optimizer](self.model.parameters(), self.job.learning_rate)
         self._build_loss()
         self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.device, self.job.amp) else None
-        if resume:
-            return self._resume()
-        if self.job.initial_checkpoint:
+        start = self._resume() if resume else 0
+        if not resume and self.job.initial_checkpoint:
             self._load_initial_checkpoint()
-        return 0
+        self.train_model = distributed.data_parallel(self.model, self.world, self.device)
+        return start
 
     def _build_network(self) -> None:
         job = self.job
@@ -332,14 +339,14 @@ class Trainer:
     def _terms(self, name: str, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The loss on one batch: the clean batch reports each loss term, the others one term named after them."""
         with autocast(self.device, self.amp):
-            logits = self.model(x)
+            logits = self.train_model(x)
             return self.loss.terms(logits, y) if name == "clean" else {name: self.loss(logits, y)}
 
     def _update(self, terms: Dict[str, torch.Tensor]) -> None:
         """One optimiser step on the sum of ``terms`` (a NaN/inf term stops the run, naming it)."""
         total = sum(terms.values())
-        if not torch.isfinite(total):
-            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+        if distributed.any_rank(self.world, not torch.isfinite(total), self.device):
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)] or ["(another rank's)"]
             raise DivergenceError(f"The {', '.join(bad)} loss term(s) became NaN or infinite.",
                                   "Lower the learning rate and check the images' normalisation; "
                                   f"the last model file {self.model_path or '(none yet)'} is kept.")
@@ -377,12 +384,27 @@ class Trainer:
         self.sink.emit("validation", iteration=iteration, metrics=metrics, mean_dsc=mean_dsc, best=best)
         return best
 
-    def _checkpoint(self, kind: str, iteration: int) -> Path:
+    def _checkpoint(self, kind: str, iteration: int) -> Optional[Path]:
+        """Save the model (rank 0 only: the ranks' weights are identical)."""
+        if not self.world.main:
+            return None
         path = self.out / (BEST if kind == "best" else LAST)
         save_model(path, self.model, self._meta(), self.optimizer, iteration)
         self.model_path = self.out / BEST if (self.out / BEST).exists() else path
         self.sink.emit("checkpoint", kind=kind, path=str(path), iteration=iteration)
         return path
+
+    def _choose_postprocessing(self) -> None:
+        """Each class's post-processing, chosen on the validation cases, stored in both model files."""
+        names = self.job.class_map.names
+        for path in {self.out / LAST, self.model_path}:
+            load_weights(self.model, load_model_file(path)[0]["state_dict"])
+            predictions = [self._logits(case).argmax(0).numpy() for case in self.val_cases]
+            choice = choose_postprocessing(predictions, [c.label for c in self.val_cases],
+                                           [c.spacing for c in self.val_cases], names)
+            store_postprocessing(path, choice)
+            self.sink.log(f"Post-processing chosen on the validation cases for {path.name}: "
+                          + ", ".join(f"{name} {spec}" for name, spec in choice["classes"].items()))
 
     def _logit_statistics(self) -> Dict[str, str]:
         """Statistics of the model that ``done`` hands out (the best checkpoint when validation ran)."""
@@ -405,7 +427,17 @@ class Trainer:
     def run(self, resume: bool = False) -> TrainResult:
         """Train the job in its output folder, which stays locked for the run (another run there fails at once)."""
         try:
-            self._prepare_output(resume)
+            error = None
+            if self.world.main:  # rank 0 owns the output folder; the other ranks learn its verdict
+                try:
+                    self._prepare_output(resume)
+                except AsymSegError as exc:
+                    error = exc
+            message = distributed.error_message(self.world, error)
+            if error is not None:
+                raise error
+            if message is not None:
+                raise InputError(f"Rank 0 refused the run: {message}", "See the error of rank 0.")
             return self._run(resume)
         finally:
             if self.lock is not None:
@@ -413,13 +445,15 @@ class Trainer:
 
     def _run(self, resume: bool) -> TrainResult:
         job = self.job
-        write_json(self.out / JOB_FILE, job.to_dict())
+        if self.world.main:
+            write_json(self.out / JOB_FILE, job.to_dict())
         self.sink.emit("start", command="train", config=job.to_dict(), device=str(self.device), versions=versions(),
-                       output=str(self.out))
+                       output=str(self.out), world_size=self.world.size)
         seed_everything(job.seed)
         self._load_cases()
         rare_classes = [j for j, r in enumerate(job.rarity) if r > 0]
-        sampler = PatchSampler(self.train_cases, job.patch_size, rare_classes, job.foreground_fraction, seed=job.seed)
+        sampler = PatchSampler(self.train_cases, job.patch_size, rare_classes, job.foreground_fraction,
+                               seed=job.seed + self.world.rank)  # each rank samples its own patches
         if not sampler.has_rare:
             rare_names = [job.class_map.names[j] for j in rare_classes]
             raise InputError(f"None of the training cases contains a voxel of the rare class(es) {rare_names}.",
@@ -434,10 +468,14 @@ class Trainer:
             status, iteration = self._loop(sampler, start, stop)
         finally:
             stop.restore()
+        if not self.world.main:
+            return TrainResult(status, None, iteration, {})
         outputs = {"job": str(self.out / JOB_FILE)}
         if self.history:
             write_json(self.out / VALIDATION_FILE, self.history)
             outputs["validation"] = str(self.out / VALIDATION_FILE)
+        if status == "finished" and self.val_cases:
+            self._choose_postprocessing()
         if status == "finished" and job.logit_statistics:
             outputs.update(self._logit_statistics())
         return TrainResult(status, self.model_path, iteration, outputs)
@@ -445,7 +483,8 @@ class Trainer:
     def _loop(self, sampler: PatchSampler, start: int, stop: StopRequest):
         job = self.job
         total_its = job.iterations
-        seed = job.seed + start  # resumed runs continue with a fresh, reproducible random stream
+        # resumed runs continue with a fresh, reproducible random stream; every rank has its own
+        seed = job.seed + start + 1_000_003 * self.world.rank
         rng = np.random.default_rng(seed)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         augment = _augmentation(seed) if job.technique.augmentation else None
@@ -472,11 +511,11 @@ class Trainer:
                 self.sink.emit("progress", phase="train", iteration=iteration, total=total_its, loss=total.item(),
                                terms={k: v.item() for k, v in terms.items()}, lr=lr,
                                iterations_per_second=1 / rate, eta_seconds=rate * (total_its - iteration))
-            if stop:
+            if distributed.any_rank(self.world, bool(stop), self.device):  # every rank stops at this iteration
                 self._checkpoint("last", iteration)
                 return "cancelled", iteration
             if iteration % job.validation_interval == 0 or iteration == total_its:
-                if self.val_cases and self._validate(iteration):
+                if self.val_cases and self.world.main and self._validate(iteration):
                     self._checkpoint("best", iteration)
                 self._checkpoint("last", iteration)
         if start >= total_its:

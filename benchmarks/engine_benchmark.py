@@ -2,10 +2,14 @@
 
 1. engine training step (patch sampling included) / a bare ``forward + loss.backward() + step``
    loop on the same network and batch (goal <= 1.10 for vanilla);
-2. adversarial / vanilla and mixup / vanilla step-time ratios;
+2. adversarial / vanilla, mixup / vanilla and combination / vanilla step-time ratios, each with
+   the official ``sequential`` update structure (one optimiser step per batch) and with ``sum``
+   (one step on the summed terms), and sequential / sum;
 3. whole-volume inference of a 240x240x155 two-channel volume through the engine /
    MONAI ``sliding_window_inference`` with the same network and settings (goal <= 1.05);
-4. peak memory (RSS) of a training run on the BRATS data (or phantoms when it is absent).
+4. peak memory (RSS) of a training run on the BRATS data (or phantoms when it is absent);
+5. data-parallel training: seconds per iteration with ``torchrun --nproc-per-node 2`` (each rank
+   its own batch, gradients averaged) / one process, from the runs' own event time stamps.
 
 Blocks of engine and bare iterations alternate and the median per-iteration time of each is
 used, so load from other processes affects both sides alike.
@@ -46,8 +50,8 @@ def dataset(tmp: Path):
             ["phantom_000", "phantom_001"], "phantoms (2 cases, 96^3) - BRATS folder absent")
 
 
-def trainer_for(data, classes, cases, out: Path, preset: str, args) -> Trainer:
-    spec = job_from_dataset(data, classes, cases, output=str(out), technique=preset, device=args.device,
+def trainer_for(data, classes, cases, out: Path, technique, args) -> Trainer:
+    spec = job_from_dataset(data, classes, cases, output=str(out), technique=technique, device=args.device,
                             patch_size=[args.patch] * 3, batch_size=args.batch, iterations=10**6)
     trainer = Trainer(job_from_dict(spec, out.parent), EventSink(progress_bar=False))
     trainer._load_cases()
@@ -131,6 +135,21 @@ def peak_training_memory(data, classes, cases, out: Path, args) -> float:
     return int(proc.stderr.strip().splitlines()[-1]) / 2**20
 
 
+def seconds_per_iteration(data, classes, cases, out: Path, args, processes: int, iterations: int = 12) -> float:
+    """Training seconds per iteration of a ``train`` run with ``processes`` ranks (start-up excluded)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] \
+        if processes > 1 else [sys.executable]
+    cmd = [*launcher, "-m", "AsymSegTrainer", "train", "--dataset", str(data), "--classes", *classes,
+           "--train-cases", ",".join(cases), "--iterations", str(iterations), "--patch-size", *[str(args.patch)] * 3,
+           "--batch-size", str(args.batch), "--device", args.device, "--out", str(out), "--preset", "vanilla",
+           "--events"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    times = [(e["iteration"], e["time"]) for e in map(json.loads, proc.stdout.splitlines())
+             if e["type"] == "progress" and e["phase"] == "train"]
+    (first, t0), (last, t1) = times[0], times[-1]
+    return (t1 - t0) / (last - first)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -152,9 +171,16 @@ def main() -> None:
         print(f"1. vanilla step: engine {steps['engine']:.3f} s, bare loop {steps['bare']:.3f} s, "
               f"ratio {results['engine_over_bare']:.3f} (goal <= 1.10)", flush=True)
         for preset in ("asymmetric-adversarial", "asymmetric-mixup", "asymmetric-combination"):
-            t = step_times(trainer_for(data, classes, cases, tmp / preset, preset, args), args, args.blocks)
-            results[f"{preset}_over_vanilla"] = t["engine"] / steps["engine"]
-            print(f"2. {preset} / vanilla step time: {results[f'{preset}_over_vanilla']:.2f}", flush=True)
+            for update in ("sequential", "sum"):
+                trainer = trainer_for(data, classes, cases, tmp / f"{preset}-{update}",
+                                      {"preset": preset, "update": update}, args)
+                results[f"{preset}_{update}_over_vanilla"] = step_times(trainer, args, args.blocks)["engine"] \
+                    / steps["engine"]
+            results[f"{preset}_sequential_over_sum"] = results[f"{preset}_sequential_over_vanilla"] \
+                / results[f"{preset}_sum_over_vanilla"]
+            print(f"2. {preset} / vanilla step time: sequential {results[f'{preset}_sequential_over_vanilla']:.2f}, "
+                  f"sum {results[f'{preset}_sum_over_vanilla']:.2f}; sequential / sum "
+                  f"{results[f'{preset}_sequential_over_sum']:.2f}", flush=True)
         inf = inference_times(vanilla, args, repeats=2)
         results["inference_seconds"] = inf
         results["inference_engine_over_monai"] = inf["engine"] / inf["monai"]
@@ -164,6 +190,11 @@ def main() -> None:
         print(f"4. peak RSS of training (asymmetric-combination, data loading included): "
               f"{results['peak_training_rss_gib']:.2f} GiB; this process: "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB", flush=True)
+        one, two = (seconds_per_iteration(data, classes, cases, tmp / f"ddp{n}", args, n) for n in (1, 2))
+        results["ddp_seconds_per_iteration"] = {"1": one, "2": two}
+        results["ddp_2_over_1"] = two / one
+        print(f"5. data-parallel step: 2 processes {two:.3f} s, 1 process {one:.3f} s per iteration, ratio "
+              f"{results['ddp_2_over_1']:.2f} (each rank its own batch: twice the patches per iteration)", flush=True)
         if vanilla.device.type == "cuda":
             results["cuda_peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
             print(f"   CUDA peak allocated: {results['cuda_peak_allocated_gib']:.2f} GiB")

@@ -1,5 +1,10 @@
 """Import of engine results into NEW MRML nodes: prediction -> segmentation, metrics -> table.
 
+The metrics table has one row per post-processing and class, its columns in plain words with
+their units (percent for rates, mm for HD95): voxel overlap, then lesions found, missed and
+false positive (a lesion is a 26-connected component; protocol.md, "infer outputs"), and a
+sentence saying what each post-processing did.
+
 Qt-free. The prediction file holds class indices (0 = background) in the exact geometry of
 the first input channel (protocol.md, "infer outputs"); it is read into a temporary labelmap
 with a colour table that carries the class names and colours, imported as a segmentation
@@ -123,17 +128,54 @@ def _orderSegments(segmentation, classNames: list) -> None:
 
 # ---------------------------------------------------------------------------- metrics
 
-METRIC_COLUMNS = ("dsc", "sensitivity", "precision", "specificity", "hd95",
-                  "reference_voxels", "predicted_voxels")
+METRIC_COLUMNS = ("dsc", "sensitivity", "precision", "specificity", "hd95", "reference_voxels", "predicted_voxels",
+                  "lesions_reference", "lesions_detected", "lesions_false_positive", "lesion_sensitivity")
+"""The engine's per-class metric keys a row keeps; a dictionary with any of them holds a class's metrics."""
+
+TABLE_COLUMNS = (("Dice (%)", "dsc", 100.0), ("Sensitivity (%)", "sensitivity", 100.0),
+                 ("Precision (%)", "precision", 100.0), ("Specificity (%)", "specificity", 100.0),
+                 ("HD95 (mm)", "hd95", 1.0), ("Lesions in reference", "lesions_reference", 1.0),
+                 ("Lesions found", "lesions_detected", 1.0), ("Lesions missed", "lesions_missed", 1.0),
+                 ("False-positive lesions", "lesions_false_positive", 1.0),
+                 ("Lesions found (%)", "lesion_sensitivity", 100.0), ("Reference voxels", "reference_voxels", 1.0),
+                 ("Predicted voxels", "predicted_voxels", 1.0))
+"""The metrics table's numeric columns: (title in plain words with its unit, row key, factor to that unit)."""
+
+LARGEST = "Largest connected component of each class only (the paper's; every other lesion is deleted)"
+POSTPROCESSING_WORDS = {"raw": "None: the network's output as it is", "post": LARGEST, "largest_component": LARGEST}
+"""What each variant of the engine's metrics did, in words (``chosen``: postprocessingWords)."""
+
+
+def specWords(spec: str) -> str:
+    """An engine post-processing spec in words: ``"min-size=10"`` -> ``"lesions smaller than 10 mm³ removed"``.
+
+    ``none`` stays as it is, as does a spec this module does not know (from a newer engine).
+    """
+    if spec == "largest":
+        return "largest connected component only"
+    if spec.startswith("min-size="):
+        return f"lesions smaller than {spec[len('min-size='):]} mm³ removed"
+    return spec
+
+
+def postprocessingWords(variant: str, spec: Optional[str] = None) -> str:
+    """What a metrics variant did: ``chosen`` is the imported segmentation, post-processed as ``spec``."""
+    if variant == "chosen":
+        return f"As in the segmentation: {specWords(spec or 'none')} (the model's choice on its validation cases)"
+    return POSTPROCESSING_WORDS.get(variant, variant)
 
 
 def metricRows(data, classNames: Optional[list] = None) -> list[dict]:
-    """Flatten a metrics JSON into rows {variant, class, metric...}.
+    """Flatten a metrics JSON into rows {variant, postprocessing, class, metric...}.
 
     Accepts the engine's per-class dictionaries (class index or name -> {dsc, ...}) at any
     nesting (e.g. ``{"raw": {...}, "largest_component": {...}}``): the path of keys above a
-    class dictionary becomes the row's ``variant``.
+    class dictionary becomes the row's ``variant``, and ``postprocessing`` says in words what
+    it did (the class's spec from the file's ``postprocessing`` for ``chosen``). A row adds
+    ``lesions_missed`` (reference - found) when both counts are there.
     """
+    specs = data.get("postprocessing") if isinstance(data, dict) else None
+    specs = specs if isinstance(specs, dict) else {}
     rows: list[dict] = []
 
     def className(key) -> str:
@@ -149,7 +191,10 @@ def metricRows(data, classNames: Optional[list] = None) -> list[dict]:
         if perClass:
             for key, values in perClass.items():
                 row = {"variant": "/".join(path) or "raw", "class": className(key)}
+                row["postprocessing"] = postprocessingWords(row["variant"], specs.get(row["class"]))
                 row.update({m: values.get(m) for m in METRIC_COLUMNS})
+                found, reference = row["lesions_detected"], row["lesions_reference"]
+                row["lesions_missed"] = None if found is None or reference is None else reference - found
                 rows.append(row)
         for key, value in node.items():
             if isinstance(value, dict) and key not in perClass:
@@ -159,14 +204,23 @@ def metricRows(data, classNames: Optional[list] = None) -> list[dict]:
     return rows
 
 
+def tableRow(row: dict) -> dict:
+    """A metricRows row under the metrics table's titles, in their units (``TABLE_COLUMNS``)."""
+    table = {"Post-processing": row["postprocessing"], "Class": row["class"]}
+    for title, key, factor in TABLE_COLUMNS:
+        table[title] = None if row.get(key) is None else factor * row[key]
+    return table
+
+
 def importMetrics(path, classNames: Optional[list] = None, name: str = ""):
-    """A new table node with one row per (variant, class) and a column per metric."""
+    """A new table node with one row per (post-processing, class) and a column per metric (``TABLE_COLUMNS``)."""
     with open(path, encoding="utf-8") as stream:
         data = json.load(stream)
     rows = metricRows(data, classNames)
     if not rows:
         raise RuntimeError(f"{path} holds no per-class metrics.")
-    return tableFromRows(rows, ["variant", "class", *METRIC_COLUMNS], name or "AsymSeg metrics")
+    columns = ["Post-processing", "Class", *(title for title, _, _ in TABLE_COLUMNS)]
+    return tableFromRows([tableRow(row) for row in rows], columns, name or "AsymSeg metrics")
 
 
 def tableFromRows(rows: list[dict], columns: list[str], name: str):

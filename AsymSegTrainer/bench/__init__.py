@@ -21,14 +21,15 @@ from typing import List, Optional, Sequence
 from ..data import read_nnunet_dataset
 from ..errors import InputError
 from ..events import EventSink
-from ..files import check_writable_folder
+from ..files import case_inputs, check_writable_folder, refuse_overwriting_inputs
 from ..formatting import duration, mean_percent
 from ..runtime import resolve_device, versions
 from ..techniques import PRESETS
 from .aggregate import write_results
-from .claims import claim, claimed_by_another, release
+from .claims import claim, claimed_by_another, refuse_held_folder, release
+from .executors import run_as_jobs
 from .folds import Run, make_folds, parse_methods, plan_runs
-from .runs import Cancelled, pooled_summary, read_json, run_one, run_record
+from .runs import Cancelled, pooled_summary, read_json, run_job, run_one, run_record
 from .settings import bench_settings, command_line, pin_settings
 
 __all__ = ["make_folds", "run_bench"]
@@ -51,11 +52,14 @@ def run_bench(args, sink: Optional[EventSink] = None) -> dict:
     resolve_device(device)
     _, specs = read_nnunet_dataset(Path(settings["dataset"]))
     folds = make_folds([c.id for c in specs], settings["train_size"], int(args.folds), settings["split_seed"])
+    runs = plan_runs(out, methods, folds, seeds)
+    run_job(runs[0], settings, device)  # the settings are checked as a job's before anything is written
+    refuse_overwriting_inputs([out], {"dataset folder (--dataset)": settings["dataset"], **case_inputs(specs)})
     check_writable_folder(out)
+    refuse_held_folder(out)
     pin_settings(out, settings)
     sink.attach(out)
     command = command_line(args)
-    runs = plan_runs(out, methods, folds, seeds)
     sink.emit("start", command="bench", config={**settings, "methods": methods, "folds": folds, "seeds": seeds,
                                                 "command": command},
               device=str(resolve_device(device)), versions=versions(), output=str(out))
@@ -69,7 +73,27 @@ def run_bench(args, sink: Optional[EventSink] = None) -> dict:
                   fold=run.fold, seed=run.seed, state=state, elapsed_seconds=round(time.perf_counter() - started, 1),
                   eta_seconds=eta)
 
-    done_cost, spent, cancelled = 0.0, 0.0, False
+    cancelled = False
+    if getattr(args, "executor", "local") != "local":
+        run_as_jobs(args, runs, settings, device, out, sink, lambda i, run, state: progress(i, run, state, None))
+    else:
+        cancelled = _run_here(runs, settings, device, out, sink, progress, started)
+    outputs = write_results(out, settings, methods, runs, command, time.perf_counter() - started)
+    results = read_json(outputs["results"])
+    if not results["complete"] and not cancelled:
+        sink.warning(f"{len(results['missing_runs'])} run(s) are not finished (another process holds them, or it "
+                     f"died): the results are partial.", "Run the same command again to finish them.")
+    sink.log(f"Benchmark report: {outputs['report']}")
+    return {"status": "cancelled" if cancelled else "finished", "outputs": outputs}
+
+
+def _run_here(runs: Sequence[Run], settings: dict, device: str, out: Path, sink: EventSink, progress,
+              started: float) -> bool:
+    """``--executor local``: the runs one after the other in this process, next to any other local worker.
+
+    Returns True when a training was cancelled.
+    """
+    done_cost, spent = 0.0, 0.0
     for i, run in enumerate(runs, 1):
         if run_record(run) is not None:
             sink.log(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped")
@@ -90,8 +114,7 @@ def run_bench(args, sink: Optional[EventSink] = None) -> dict:
         except Cancelled:
             sink.warning(f"{run.name} was cancelled; its training can be continued.",
                          "Run the same command again: finished runs are skipped, this one resumes.")
-            cancelled = True
-            break
+            return True
         finally:
             release(run.folder)
             sink.attach(out)
@@ -103,13 +126,7 @@ def run_bench(args, sink: Optional[EventSink] = None) -> dict:
                  f"{mean_percent(post['dsc'])}% SEN {mean_percent(post['sensitivity'])}% (post-processed); elapsed "
                  f"{duration(time.perf_counter() - started)}, ETA {duration(eta)}")
         progress(i, run, "done", eta)
-    outputs = write_results(out, settings, methods, runs, command, time.perf_counter() - started)
-    results = read_json(outputs["results"])
-    if not results["complete"] and not cancelled:
-        sink.warning(f"{len(results['missing_runs'])} run(s) are not finished (another process holds them, or it "
-                     f"died): the results are partial.", "Run the same command again to finish them.")
-    sink.log(f"Benchmark report: {outputs['report']}")
-    return {"status": "cancelled" if cancelled else "finished", "outputs": outputs}
+    return False
 
 
 def _cost(method: str) -> float:

@@ -24,9 +24,9 @@ from .report import report_markdown
 from .runs import LAST_SUFFIX, logit_means, pooled_summary, run_record
 from .settings import BENCH_FORMAT, BENCH_VERSION, created
 
-RUN_KEYS = ("method", "fold", "seed", "train_cases", "validation_cases", "test_cases", "raw", "post", "logit_shift",
-            "logit_means", "training_cases", "model_iteration", "last", "seconds")
-"""The fields of a run.json that results.json repeats per run."""
+RUN_KEYS = ("method", "fold", "seed", "train_cases", "validation_cases", "test_cases", "postprocessing", *VARIANTS,
+            "logit_shift", "logit_means", "training_cases", "model_iteration", "last", "seconds")
+"""The fields of a run.json that results.json repeats per run (those it has: older runs lack ``chosen``)."""
 
 
 def write_results(out: Path, settings: dict, methods: Sequence[str], runs: Sequence[Run], command: str,
@@ -61,7 +61,7 @@ def write_results(out: Path, settings: dict, methods: Sequence[str], runs: Seque
             "seconds": {"runs_total": round(sum(r["seconds"]["total"] for r in records), 1),
                         "this_invocation": None if wall_seconds is None else round(wall_seconds, 1),
                         "span": _span(out, records)},
-            "runs": [{k: r[k] for k in RUN_KEYS} for r in records],
+            "runs": [{k: r[k] for k in RUN_KEYS if k in r} for r in records],
             "summary": summary[""], "summary_per_class": per_class, "logit_shift": shift[""],
             "logit_means": means[""], "figures": figures[""],
             "summary_last": summary[LAST_SUFFIX], "logit_shift_last": shift[LAST_SUFFIX],
@@ -88,7 +88,7 @@ def _checkpoint_summary(out: Path, method: str, chosen: List[Tuple[dict, dict]],
     summary = {v: pooled_summary(blocks, v, foreground) for v in VARIANTS}
     summary["runs"] = len(blocks)
     summary["model_iterations"] = [b.get("model_iteration") for b in blocks]
-    summary["training_cases"] = {v: pooled_summary([{v: b["training_cases"][v]} for b in blocks], v, foreground)
+    summary["training_cases"] = {v: pooled_summary([b["training_cases"] for b in blocks], v, foreground)
                                  for v in VARIANTS}
     train_stats = test_stats = None
     for r, b in chosen:

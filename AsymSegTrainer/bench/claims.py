@@ -2,7 +2,9 @@
 
 A run is claimed by creating ``claim.json`` with ``O_CREAT | O_EXCL``; a run claimed by a live
 process is left to it, a claim whose process has died is taken over (atomic rename). The
-results are rebuilt under an exclusive lock (locks.py). All of the bench's POSIX-only code
+results are rebuilt under an exclusive lock (locks.py). The bench folder itself is shared, not
+locked: a bench only refuses one that another engine command holds (``refuse_held_folder``);
+each run's training folder is locked by the trainer. All of the bench's POSIX-only code
 (``os.kill`` probing of process ids) is in this module.
 """
 
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 from typing import ContextManager, Optional
 
-from ..locks import exclusive_lock
+from ..locks import FolderLock, exclusive_lock
 
 CLAIM_FILE = "claim.json"
 
@@ -91,3 +93,13 @@ def claimed_by_another(folder: Path) -> bool:
 def aggregation_lock(out: Path) -> ContextManager[None]:
     """Held while the results of the bench folder ``out`` are rebuilt: one process at a time."""
     return exclusive_lock(out / ".aggregate.lock")
+
+
+def refuse_held_folder(out: Path) -> None:
+    """InputError naming the holder when another engine command (train, infer, evaluate) holds ``out``'s folder lock.
+
+    Bench processes share ``out`` on purpose and hold no folder lock on it; they only test it, under
+    the aggregation lock, so that two of them starting together never see each other's test.
+    """
+    with aggregation_lock(out):
+        FolderLock(out).acquire().release()

@@ -2,7 +2,8 @@
 
 Tables in the layout of the paper (Li, Kamnitsas, Glocker, IEEE TMI 2020): metrics per method
 and checkpoint, differences to ``vanilla`` (of the means, and paired by fold, seed and unseen
-case), per fold, training vs unseen cases and the logit shift, then settings, hardware and time.
+case), lesion-wise detection, per fold, training vs unseen cases and the logit shift, then
+settings, hardware and time.
 """
 
 from __future__ import annotations
@@ -10,9 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..formatting import duration, mean_percent, mean_std, signed
-from ..metrics import summarize
+from ..evaluation import VARIANT_LABELS
+from ..formatting import LESION_TITLES, duration, mean_percent, mean_std, signed
+from ..metrics import lesion_size_labels, lesion_totals, summarize
+from ..techniques import resolve_technique
 from .runs import pooled_summary
+from .settings import OFFICIAL_DIFFERENCES
+
+SCHEDULES = {"poly": "polynomial decay", "official": "halved at 17, 22, 27, 30, 33 of 35 parts, as the official code"}
+OFFICIAL_NOTE = f"yes (--official), as closely as this machine allows; differs in: {OFFICIAL_DIFFERENCES}"
 
 
 def table_ii(results: dict, variant: str, key: str = "summary") -> str:
@@ -36,6 +43,29 @@ def table_ii(results: dict, variant: str, key: str = "summary") -> str:
                       else signed(s[k]["mean"] - base[k]["mean"], 100) for k in ("dsc", "sensitivity", "precision")]
         lines.append(f"| {method} | {summary[method]['runs']} | {mean_std(s['dsc'])} | {mean_std(s['sensitivity'])} | "
                      f"{mean_std(s['precision'])} | {mean_std(s['hd95'], scale=1.0)} | " + " | ".join(deltas) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def lesion_table(results: dict, key: str = "summary") -> str:
+    """Lesion-wise detection per method and post-processing, over runs x unseen cases.
+
+    Found / missed / false-positive lesions and the lesion sensitivity of all those cases'
+    lesions added up (every lesion counts once), the lesion sensitivity averaged per case, and
+    the lesions found per size bin. ``key``: ``summary`` or ``summary_last``.
+    """
+    bins = lesion_size_labels()
+    titles = ["Method", "Post-processing", *LESION_TITLES, "Lesion SEN per case (%)",
+              *(f"found {label}" for label in bins.values())]
+    lines = ["| " + " | ".join(titles) + " |", "|---|---|" + "---:|" * (len(titles) - 2)]
+    for method in results["methods"]:
+        summary = results[key].get(method)
+        if not summary:
+            continue
+        for variant, label in VARIANT_LABELS.items():
+            s = summary[variant]
+            found_by_size = [lesion_totals(s, f"{b}_")[0] for b in bins]
+            cells = lesion_totals(s) + [mean_std(s["lesion_sensitivity"])] + found_by_size
+            lines.append(f"| {method} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -165,12 +195,27 @@ training, {s['iterations']} iterations, no choice at all).
 ## Unseen cases, post-processed (largest connected component; the paper's headline numbers)
 
 {_both_checkpoints(table_ii(results, 'post'), table_ii(results, 'post', 'summary_last'))}
+## Unseen cases, post-processing chosen on the validation case (per class)
+
+Per class the post-processing with the best validation DSC among those that keep every lesion
+the network found (none, components under a size removed, or the largest component; see
+`postprocessing` of each run in results.json).
+
+{_both_checkpoints(table_ii(results, 'chosen'), table_ii(results, 'chosen', 'summary_last'))}
 ## Unseen cases, raw (without post-processing)
 
 {_both_checkpoints(table_ii(results, 'raw'), table_ii(results, 'raw', 'summary_last'))}
 Δ: difference of the means to `vanilla` in percentage points. HD95 is undefined for an empty
 prediction; a count (n/N) says when a mean covers fewer than all cases.
 
+## Lesion-wise detection on the unseen cases
+
+A lesion is a 26-connected component of a class; a reference lesion is found when a predicted
+voxel of its class overlaps it; a predicted component overlapping no reference voxel of its
+class is a false positive (FP). Counts add up over runs × unseen cases; a lesion's size is its
+own volume.
+
+{_both_checkpoints(lesion_table(results), lesion_table(results, 'summary_last'))}
 ## Paired with vanilla (same fold, seed and unseen case; post-processed)
 
 Mean ± std of the per-case differences to `vanilla` (percentage points) and how many of the
@@ -203,7 +248,9 @@ With softmax the decision is the largest logit, so z = 0 is the boundary only ap
 | target spacing (mm) | {s['target_spacing'] or 'native'} |
 | patch / batch | {s['patch_size']} / {s['batch_size']} (50% of patches centred on the rare class) |
 | network | {json.dumps(s['network'])} |
-| optimiser | {s['optimizer']}, learning rate {s['learning_rate']} (polynomial decay) |
+| optimiser | {s['optimizer']}, learning rate {s['learning_rate']} ({SCHEDULES[s.get('lr_schedule', 'poly')]}) |
+| official protocol | {OFFICIAL_NOTE if s.get('official') else 'no'} |
+| update structure | {_update_structure(results['methods'])} |
 | iterations | {s['iterations']} per run, validation every {s['validation_interval']} (best checkpoint) |
 | inference | sliding window, overlap {s['overlap']}, logits resampled linearly to the input grid |
 | quick | {s['quick']} |
@@ -220,3 +267,14 @@ With softmax the decision is the largest logit, so z = 0 is the boundary only ap
 {duration(secs['runs_total'])}; first start to last finish {duration(secs['span'])}; this invocation
 {duration(secs['this_invocation'])}.
 """
+
+
+def _update_structure(methods) -> str:
+    """How the methods with an extra term update (METHOD.md §4): every report says it."""
+    regularised = [resolve_technique(m) for m in methods]
+    updates = sorted({t.update for t in regularised if t.adversarial or t.mixup})
+    if not updates:
+        return "one optimiser step per batch (no adversarial or mixup term)"
+    meaning = {"sequential": "sequential: one optimiser step each on the clean, adversarial and mixed batch",
+               "sum": "sum: one optimiser step on the summed terms"}
+    return "; ".join(meaning[u] for u in updates)

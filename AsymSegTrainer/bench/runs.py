@@ -1,13 +1,15 @@
 """Training and evaluating one run of the bench, in ``OUT/runs/<method>/fold<f>_seed<s>/``.
 
 - ``train/``: the training output (job.json, model files, log, events);
-- ``training_cases/`` and ``predictions/``: ``infer`` outputs (label map, ``_logits.json``,
-  ``_metrics.json``) of the training cases and of the test cases, made by the same model on
+- ``training_cases/`` and ``predictions/``: ``infer`` outputs (label map with the post-processing
+  the model chose on its validation case, ``_logits.json``, ``_metrics.json``) of the training
+  cases and of the test cases, made by the same model on
   the same (input) grid, so training-vs-unseen logit statistics compare voxel for voxel;
 - ``logits_train.json`` / ``logits_test.json``: the merged logit statistics;
 - the same with the suffix ``_last`` for the last checkpoint when validation chose an earlier
   one: every run is evaluated with the checkpoint chosen on its validation case (the headline
-  ``raw`` / ``post`` numbers) and with the model at the end of training (``last``);
+  ``raw`` / ``chosen`` / ``post`` numbers, with the post-processing its model file names under
+  ``postprocessing``) and with the model at the end of training (``last``);
 - ``run.json``: written atomically last: the run is finished when it exists.
 
 A run whose process died is resumed from ``model_last.pt``. Also here: reading a run's record
@@ -25,7 +27,7 @@ from ..evaluation import VARIANTS
 from ..events import EventSink
 from ..files import write_json
 from ..logits import LogitStatistics, logit_shift
-from ..metrics import summarize
+from ..metrics import summarize_metrics
 from .folds import Run
 from .settings import BENCH_FORMAT, BENCH_VERSION
 
@@ -52,18 +54,16 @@ def run_record(run: Run) -> Optional[dict]:
 
 
 def pooled_summary(blocks: List[dict], variant: str, classes: Sequence[str]) -> Dict[str, dict]:
-    """metric -> summarize(values over the blocks' test cases x the given foreground classes).
+    """metric -> summary over the blocks' test cases x the given foreground classes (metrics.summarize_metrics).
 
-    A block is a run.json record or its ``last`` block: ``{variant: {case: {class: metrics}}}``.
+    The voxel metrics ``METRIC_KEYS`` and the lesion-wise counts and sensitivities, with the
+    lesions of all those cases added up (``total``, ``pooled``). A block is a run.json record
+    or its ``last`` block: ``{variant: {case: {class: metrics}}}``; a block without ``variant``
+    (a run from before the variant existed) adds nothing to it.
     """
-    return {key: _plain(summarize(block[variant][case][name][key] for block in blocks for case in block[variant]
-                                  for name in classes if name in block[variant][case]))
-            for key in METRIC_KEYS}
-
-
-def _plain(s: dict) -> dict:
-    """The fields of a summarize() result that results.json keeps."""
-    return {"mean": s["mean"], "std": s["std"], "n": s["n"], "n_undefined": s["n_undefined"]}
+    records = [block[variant][case][name] for block in blocks for case in block.get(variant, {})
+               for name in classes if name in block[variant][case]]
+    return summarize_metrics(records, METRIC_KEYS)
 
 
 def logit_means(train: LogitStatistics, test: LogitStatistics) -> Dict[str, Dict[str, Dict[str, Optional[float]]]]:
@@ -73,8 +73,9 @@ def logit_means(train: LogitStatistics, test: LogitStatistics) -> Dict[str, Dict
             for side, stats in (("train", train), ("test", test))}
 
 
-def _job(run: Run, settings: dict, device: str):
-    """The training job of ``run``: the fold's cases with their roles and the pinned settings."""
+def run_job(run: Run, settings: dict, device: str):
+    """The training job of ``run``: the fold's cases with their roles and the pinned settings (InputError when
+    the settings are not a valid job's)."""
     from ..jobspec import job_from_dataset, job_from_dict
 
     split = run.split
@@ -84,6 +85,7 @@ def _job(run: Run, settings: dict, device: str):
         batch_size=settings["batch_size"], patch_size=settings["patch_size"],
         target_spacing=settings["target_spacing"], network=settings["network"],
         learning_rate=settings["learning_rate"], optimizer=settings["optimizer"],
+        lr_schedule=settings.get("lr_schedule", "poly"),
         validation_interval=settings["validation_interval"], seed=run.seed, device=device, logit_statistics=False)
     return job_from_dict(spec, run.folder)
 
@@ -112,9 +114,8 @@ def _evaluate(run: Run, job, model: Path, settings: dict, device: str, sink: Eve
     def per_variant(metrics: dict) -> dict:
         return {variant: {case: m[variant] for case, m in metrics.items()} for variant in VARIANTS}
 
-    test_metrics = per_variant(test.metrics)
-    return {"model": str(model), "model_iteration": _model_iteration(model),
-            "raw": test_metrics["raw"], "post": test_metrics["post"], "training_cases": per_variant(train.metrics),
+    return {"model": str(model), "model_iteration": _model_iteration(model), "postprocessing": test.postprocessing,
+            **per_variant(test.metrics), "training_cases": per_variant(train.metrics),
             "logit_shift": logit_shift(train.logits, test.logits), "logit_means": logit_means(train.logits, test.logits)}
 
 
@@ -122,7 +123,7 @@ def _last_block(run: Run, job, selected: dict, settings: dict, device: str, sink
     """The block of the last checkpoint (end of training): the selected one's when they are the same model."""
     last = job.output / "model_last.pt"
     if selected["model_iteration"] == _model_iteration(last):
-        keys = ("model_iteration", "raw", "post", "training_cases", "logit_shift", "logit_means")
+        keys = ("model_iteration", "postprocessing", *VARIANTS, "training_cases", "logit_shift", "logit_means")
         return {"model": str(last), "same_as_selected": True, **{k: selected[k] for k in keys}}
     return {**_evaluate(run, job, last, settings, device, sink, LAST_SUFFIX), "same_as_selected": False}
 
@@ -136,7 +137,7 @@ def run_one(run: Run, settings: dict, device: str, sink: EventSink, out: Path) -
 
     split, folder = run.split, run.folder
     started = time.perf_counter()
-    job = _job(run, settings, device)
+    job = run_job(run, settings, device)
     resume = (job.output / "model_last.pt").exists()  # a run whose process died: continue its training
     if resume:
         sink.log(f"{run.name}: continuing the training left by an earlier process")

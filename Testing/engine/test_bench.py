@@ -3,6 +3,7 @@ resume, parallel claims and the fold rule (a test case never trains or validates
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,13 @@ def test_quick_bench_writes_results_report_and_figures(quick_bench):
     assert "| Method | runs | DSC (%) | SEN (%) | PRC (%) | HD95 (mm) |" in report
     assert "python -m AsymSegTrainer bench --dataset" in report and "--quick" in report
     assert "dz[lesion]" in report and "![vanilla](logits_vanilla.png)" in report
+    assert "## Unseen cases, post-processing chosen on the validation case (per class)" in report
+    assert "## Lesion-wise detection on the unseen cases" in report
+    assert ("| Method | Post-processing | Lesions found | Lesions missed | FP lesions | Lesion SEN (%) | "
+            "Lesion SEN per case (%) | found small (< 10 mm³) | found medium (10–100 mm³) | found large (≥ 100 mm³) |"
+            in report)
+    for label in ("raw", "chosen on validation", "largest component"):
+        assert f"| vanilla | {label} | " in report
     assert (quick_bench / "logits_vanilla.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -100,11 +108,13 @@ def test_results_json_follows_the_schema(quick_bench, phantom_dataset):
         assert run["train_cases"] and run["test_cases"]
         assert not set(run["test_cases"]) & set(run["train_cases"] + run["validation_cases"])
         assert set(run["train_cases"] + run["validation_cases"] + run["test_cases"]) == cases
-        for variant in ("raw", "post"):
+        assert set(run["postprocessing"]) == {"lesion"}  # what the model chose on its validation case
+        for variant in ("raw", "chosen", "post"):
             assert set(run[variant]) == set(run["test_cases"])
             for case, per_class in run[variant].items():
                 m = per_class["lesion"]
-                assert {"dsc", "sensitivity", "precision", "hd95", "tp", "fp", "fn"} <= set(m)
+                assert {"dsc", "sensitivity", "precision", "hd95", "tp", "fp", "fn", "lesions_reference",
+                        "lesions_detected", "lesions_false_positive", "small_lesions_detected"} <= set(m)
                 assert 0.0 <= m["dsc"] <= 1.0
         last = run["last"]  # the model at the end of training, evaluated as well
         assert last["model_iteration"] == 3 and {"raw", "post", "training_cases", "logit_shift"} <= set(last)
@@ -123,6 +133,41 @@ def test_results_json_follows_the_schema(quick_bench, phantom_dataset):
     runs = [r for r in results["runs"] if r["method"] == "vanilla"]
     values = [r["post"][c]["lesion"]["dsc"] for r in runs for c in r["post"]]
     assert results["summary"]["vanilla"]["post"]["dsc"]["mean"] == pytest.approx(sum(values) / len(values))
+    # lesions add up over runs x test cases
+    for key in ("lesions_reference", "lesions_detected", "lesions_false_positive"):
+        total = sum(r["raw"][c]["lesion"][key] for r in runs for c in r["raw"])
+        assert results["summary"]["vanilla"]["raw"][key]["total"] == total
+    found, reference = (sum(r["chosen"][c]["lesion"][k] for r in runs for c in r["chosen"])
+                        for k in ("lesions_detected", "lesions_reference"))
+    assert results["summary"]["vanilla"]["chosen"]["lesion_sensitivity"]["pooled"] == pytest.approx(found / reference)
+
+
+def test_results_of_runs_from_before_lesion_metrics_still_aggregate(quick_bench, phantom_dataset, tmp_path):
+    out = tmp_path / "old"
+    shutil.copytree(quick_bench, out)
+
+    def strip(block: dict) -> None:
+        """What a run.json held before the chosen post-processing and the lesion-wise metrics."""
+        block.pop("chosen", None)
+        block.pop("postprocessing", None)
+        for variant in ("raw", "post"):
+            for per_class in block.get(variant, {}).values():
+                for metrics in per_class.values():
+                    for key in [k for k in metrics if "lesion" in k]:
+                        del metrics[key]
+
+    for path in out.glob("runs/*/*/run.json"):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        for block in (record, record["last"], record["training_cases"], record["last"]["training_cases"]):
+            strip(block)
+        path.write_text(json.dumps(record), encoding="utf-8")
+    assert main(_argv(phantom_dataset, out)) == 0  # every run finished: aggregation only
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    summary = results["summary"]["vanilla"]
+    assert summary["post"]["dsc"]["n"] == FOLDS and summary["chosen"]["dsc"]["n"] == 0
+    assert summary["raw"]["lesions_detected"]["total"] is None
+    assert "chosen" not in results["runs"][0]
+    assert "| vanilla | raw | – | – | – | – | – |" in (out / "report.md").read_text(encoding="utf-8")
 
 
 def test_run_roles_match_the_fold(quick_bench):

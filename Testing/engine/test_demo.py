@@ -78,9 +78,10 @@ def test_demo_with_a_handful_of_iterations(tmp_path):
     for run in RUNS:
         result = record["runs"][run]
         assert sorted(result["cases"]) == TEST  # evaluated on the unseen cases only
-        for variant in ("raw", "post"):
+        for variant in ("raw", "chosen", "post"):
             assert result["summary"][variant]["lesion"]["dsc"]["n"] + \
                 result["summary"][variant]["lesion"]["dsc"]["n_undefined"] == len(TEST)
+        assert set(result["postprocessing"]) == {"lesion"}  # the run's model's choice, applied by infer
         assert set(result["logit_shift"]) == {"background", "lesion"}
         assert result["logits"]["dz"] == result["logit_shift"]["lesion"]["lesion"]
         assert result["iterations"] == 2
@@ -88,11 +89,16 @@ def test_demo_with_a_handful_of_iterations(tmp_path):
         assert matplotlib.image.imread(out / f"logits_{run}.png").shape[-1] in (3, 4)
     report = (out / "report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| Run")]
-    assert [row.split(" | ")[:2] for row in rows] == [["| vanilla", "raw"], ["| vanilla", "largest component"],
-                                                      ["| asymmetric-focal", "raw"],
-                                                      ["| asymmetric-focal", "largest component"]]
+    assert [row.split(" | ")[:2] for row in rows] == [[f"| {run}", label] for run in RUNS for label in
+                                                      ("raw", "chosen on validation", "largest component")]
     dsc = record["runs"]["vanilla"]["summary"]["raw"]["lesion"]["dsc"]
     assert f"{100 * dsc['mean']:.1f} ± {100 * dsc['std']:.1f}" in rows[0]
+    header = next(line for line in report.splitlines() if line.startswith("| Run"))
+    assert "| PRC (%) | Lesions found | Lesions missed | FP lesions | Lesion SEN (%) | mean z[lesion] train |" in header
+    cases = record["runs"]["vanilla"]["cases"]  # the lesions of the unseen cases, added up
+    found, reference = (sum(cases[c]["raw"]["lesion"][k] for c in TEST) for k in ("lesions_detected",
+                                                                                  "lesions_reference"))
+    assert f" | {found}/{reference} | {reference - found} | " in rows[0]
     logged = (out / "log.txt").read_text()
     assert "| asymmetric-focal | largest component |" in logged  # the table is printed to the log
     starts = [e["command"] for e in sink.events if e["type"] == "start"]

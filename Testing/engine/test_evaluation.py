@@ -70,6 +70,7 @@ def test_metrics_equal_case_metrics_raw_and_post(dataset, predictions, tmp_path)
         assert record["cases"][case]["raw"]["lesion"] == pytest.approx(case_metrics(prediction, truth, spacing, [1])[1])
         assert record["cases"][case]["post"]["lesion"] == pytest.approx(
             case_metrics(keep_largest_component(prediction, [1]), truth, spacing, [1])[1])
+        assert record["cases"][case]["chosen"] == record["cases"][case]["raw"]  # no model, no --postprocess: none
     shifted = record["cases"]["phantom_000"]
     assert shifted["post"]["lesion"]["fp"] < shifted["raw"]["lesion"]["fp"]  # the spurious blob is removed
     empty = record["cases"]["phantom_001"]["raw"]["lesion"]
@@ -80,16 +81,22 @@ def test_metrics_equal_case_metrics_raw_and_post(dataset, predictions, tmp_path)
     assert summary == summarize_cases(record["cases"])
     assert summary["raw"]["lesion"]["dsc"] == summarize(record["cases"][c]["raw"]["lesion"]["dsc"] for c in CASES)
     assert summary["raw"]["lesion"]["precision"]["n_undefined"] == 1  # the empty prediction is counted, not NaN
-    assert set(summary["post"]["lesion"]) == {"dsc", "sensitivity", "precision", "specificity", "hd95"}
+    keys = {"dsc", "sensitivity", "precision", "specificity", "hd95", "lesions_reference", "lesions_detected",
+            "lesions_predicted", "lesions_false_positive", "lesion_sensitivity"}
+    assert set(summary["post"]["lesion"]) == keys | {f"{size}_{key}" for size in ("small", "medium", "large")
+                                                     for key in keys if "lesion" in key}
+    assert record["postprocessing"] == {"lesion": "none"}
 
 
 def test_markdown_has_a_raw_and_a_post_processed_table(dataset, predictions, tmp_path):
     text = Path(evaluate_folder(predictions, dataset, tmp_path / "eval", sink=quiet())["metrics_markdown"]).read_text()
-    raw, post = text.split("## Largest connected component")
+    raw, rest = text.split("## Chosen post-processing per class (chosen)\n\nlesion: none (the network's output).")
+    chosen, post = rest.split("## Largest connected component")
     assert raw.startswith("## Without post-processing")
-    for table in (raw, post):
+    for table in (raw, chosen, post):
         assert all(f"| {case} | lesion |" in table for case in CASES)
         assert "| mean ± std | lesion |" in table and "(n=2/3)" in table  # precision undefined for one case
+        assert "| total | lesion |" in table and "| lesion | small (< 10 mm³) |" in table
     assert "| phantom_002 | lesion | 100.0 | 100.0 | 100.0 |" in raw
 
 
@@ -118,7 +125,7 @@ def test_missing_and_mismatched_predictions_are_input_errors(dataset, prediction
     moved.SetOrigin((0.0, 0.0, 0.0))
     sitk.WriteImage(moved, str(predictions / "phantom_000.nii.gz"))
     with pytest.raises(InputError, match="Geometry mismatch: origin.*phantom_000"):
-        evaluate_folder(predictions, dataset, tmp_path / "e", sink=quiet())
+        evaluate_folder(predictions, dataset, tmp_path / "e", cases=["phantom_000"], sink=quiet())
     reference = read_image(dataset / "labelsTr" / "phantom_001.nii.gz")
     write_image(np.full(sitk.GetArrayFromImage(reference).shape, 3, np.uint8), reference,
                 predictions / "phantom_001.nii.gz")

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from AsymSegTrainer import inference
+from AsymSegTrainer import cli, inference
 from AsymSegTrainer.data import read_image, read_nnunet_dataset, spacing_zyx, write_image
 from AsymSegTrainer.errors import InputError, ResourceError
 from AsymSegTrainer.evaluation import evaluate_folder
@@ -32,6 +32,7 @@ from AsymSegTrainer.jobspec import job_from_dataset, job_from_dict
 from AsymSegTrainer.logits import LogitStatistics
 from AsymSegTrainer.metrics import case_metrics, keep_largest_component
 from AsymSegTrainer.phantoms import phantom_case
+from AsymSegTrainer.postprocessing import apply_postprocessing, store_postprocessing
 from AsymSegTrainer.training import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,12 +127,14 @@ def test_outputs_are_in_the_input_geometry_and_consistent(model, tmp_path, ext):
     assert metrics["raw"]["lesion"] == pytest.approx(case_metrics(prediction, reference, spacing, [1])[1])
     assert metrics["post"]["lesion"] == pytest.approx(
         case_metrics(keep_largest_component(prediction, [1]), reference, spacing, [1])[1])
-    assert metrics["written"] == "raw"
+    # trained without validation cases: the model chose no post-processing, the file is the raw argmax
+    assert metrics["written"] == "chosen" and metrics["postprocessing"] == {"lesion": "none"}
+    assert metrics["chosen"] == metrics["raw"]
 
 
 def test_largest_component_is_written_when_asked(model, tmp_path):
     case = write_case(tmp_path / "in", ".nii.gz", seed=7)
-    outputs = infer_case(model, case.images, tmp_path / "pred.nii.gz", label=case.label, largest_component=True,
+    outputs = infer_case(model, case.images, tmp_path / "pred.nii.gz", label=case.label, postprocess="largest",
                          probabilities=True, device="cpu", sink=quiet())
     raw = np.argmax(probabilities(outputs["probabilities"]), axis=0).astype(np.uint8)
     written = array(outputs["prediction"])
@@ -140,10 +143,34 @@ def test_largest_component_is_written_when_asked(model, tmp_path):
     np.testing.assert_array_equal(written, keep_largest_component(raw, [1]))
     assert ndimage.label(written == 1, structure)[1] == 1
     metrics = json.loads(Path(outputs["metrics"]).read_text())
-    assert metrics["written"] == "post"
+    assert metrics["postprocessing"] == {"lesion": "largest"} and metrics["chosen"] == metrics["post"]
     spacing = spacing_zyx(read_image(case.label))
     assert metrics["raw"]["lesion"] == pytest.approx(case_metrics(raw, array(case.label), spacing, [1])[1])
     assert metrics["post"]["lesion"] == pytest.approx(case_metrics(written, array(case.label), spacing, [1])[1])
+
+
+def test_the_models_post_processing_is_written_unless_the_command_says_otherwise(model, tmp_path):
+    case = write_case(tmp_path / "in", ".nii.gz", seed=7)
+    chosen = tmp_path / "chosen.pt"
+    shutil.copy(model, chosen)
+    store_postprocessing(chosen, {"classes": {"lesion": "min-size=20"}})  # as training stores its choice
+    outputs = infer_case(chosen, case.images, tmp_path / "pred.nii.gz", label=case.label, probabilities=True,
+                         device="cpu", sink=quiet())
+    raw = np.argmax(probabilities(outputs["probabilities"]), axis=0).astype(np.uint8)
+    spacing = spacing_zyx(read_image(case.label))
+    expected = apply_postprocessing(raw, {"lesion": "min-size=20"}, ["background", "lesion"], spacing)
+    assert not np.array_equal(expected, raw)  # otherwise this test shows nothing
+    np.testing.assert_array_equal(array(outputs["prediction"]), expected)
+    metrics = json.loads(Path(outputs["metrics"]).read_text())
+    assert metrics["postprocessing"] == {"lesion": "min-size=20"}
+    assert metrics["chosen"]["lesion"] == pytest.approx(case_metrics(expected, array(case.label), spacing, [1])[1])
+    override = infer_case(chosen, case.images, tmp_path / "raw.nii.gz", postprocess="none", device="cpu", sink=quiet())
+    np.testing.assert_array_equal(array(override["prediction"]), raw)
+    parse = cli.build_parser().parse_args
+    assert parse(["infer", "--model", "m", "--images", "a", "--largest-component"]).postprocess == "largest"
+    assert parse(["infer", "--model", "m", "--images", "a", "--postprocess", "min-size=5"]).postprocess == "min-size=5"
+    with pytest.raises(InputError, match="Unknown post-processing"):
+        infer_case(chosen, case.images, tmp_path / "x.nii.gz", postprocess="smallest", device="cpu", sink=quiet())
 
 
 def test_without_label_statistics_are_grouped_by_the_prediction(model, tmp_path):
@@ -281,12 +308,17 @@ def test_dataset_inference_then_evaluate_end_to_end(model, phantom_dataset, tmp_
     progress = [e for e in sink.events if e["type"] == "progress" and e["phase"] == "infer"]
     assert {(e["iteration"], e["total"], e["case"]) for e in progress} == {(1, 2, "phantom_002"), (2, 2, "phantom_003")}
 
-    evaluated = evaluate_folder(tmp_path / "pred", phantom_dataset, tmp_path / "eval", sink=quiet())
+    sink = quiet()  # two of the dataset's four cases were predicted: evaluated with allow_missing, and said so
+    evaluated = evaluate_folder(tmp_path / "pred", phantom_dataset, tmp_path / "eval", sink=sink, allow_missing=True)
     record = json.loads(Path(evaluated["metrics"]).read_text())
     assert sorted(record["cases"]) == ["phantom_002", "phantom_003"]  # *_probabilities files are not cases
+    assert record["missing_cases"] == ["phantom_000", "phantom_001"]
+    assert [e["message"] for e in sink.events if e["type"] == "warning"] == [
+        f"No prediction for case(s) phantom_000, phantom_001 in {tmp_path / 'pred'}: the metrics average over the 2 "
+        f"of 4 case(s) that have one."]
     for case in ("phantom_002", "phantom_003"):
         per_case = json.loads(Path(outputs[f"{case}_metrics"]).read_text())
-        assert record["cases"][case] == {"raw": per_case["raw"], "post": per_case["post"]}
+        assert record["cases"][case] == {v: per_case[v] for v in ("raw", "chosen", "post")}
     batch = json.loads(Path(outputs["metrics"]).read_text())  # infer --dataset's own summary agrees
     assert batch["cases"] == record["cases"] and batch["summary"] == record["summary"]
     assert record["summary"]["raw"]["lesion"]["dsc"]["n"] == 2

@@ -181,10 +181,12 @@ def test_markdown_table_contains_expected_numbers():
     per_case["case C"] = case_metrics(empty, np.where(REFERENCE == 1, 1, 0), (1, 1), classes=[1])
     table = metrics_table_markdown(per_case, {1: "tumour core", 2: "oedema"})
     lines = table.splitlines()
-    assert lines[0] == "| Case | Class | DSC (%) | SEN (%) | PRC (%) | SPEC (%) | HD95 (mm) |"
+    assert lines[0] == ("| Case | Class | DSC (%) | SEN (%) | PRC (%) | SPEC (%) | HD95 (mm) | Lesions found | "
+                        "Lesions missed | FP lesions | Lesion SEN (%) |")
     hd_a = per_case["case A"][1]["hd95"]
-    assert f"| case A | tumour core | 57.1 | 50.0 | 66.7 | 91.7 | {hd_a:.2f} |" in lines
-    assert "| case C | tumour core | 0.0 | 0.0 | – | 100.0 | – |" in lines
+    # class 1 of case A: one reference lesion, one predicted component (8-connected) overlapping it
+    assert f"| case A | tumour core | 57.1 | 50.0 | 66.7 | 91.7 | {hd_a:.2f} | 1/1 | 0 | 0 | 100.0 |" in lines
+    assert "| case C | tumour core | 0.0 | 0.0 | – | 100.0 | – | 0/1 | 1 | 0 | 0.0 |" in lines
     dsc = np.array([4 / 7, 1, 0]) * 100
     prc = np.array([2 / 3, 1]) * 100
     summary = next(line for line in lines if line.startswith("| mean ± std | tumour core |"))
@@ -192,7 +194,11 @@ def test_markdown_table_contains_expected_numbers():
     assert f"| {prc.mean():.1f} ± {prc.std():.1f} (n=2/3) |" in summary
     assert f"| {np.mean([hd_a, 0.0]):.2f} ± {np.std([hd_a, 0.0]):.2f} (n=2/3) |" in summary
     assert "| mean ± std | oedema | 75.0 ± 25.0 |" in table
-    assert len(lines) == 2 + 5 + 2
+    # lesions found 1, 1, 0 (mean 0.67, std 0.47), missed 0, 0, 1, no false positive, lesion SEN 100, 100, 0 %
+    assert summary.endswith("| 0.67 ± 0.47 | 0.33 ± 0.47 | 0.00 ± 0.00 | 66.7 ± 47.1 |")
+    assert "| total | tumour core |  |  |  |  |  | 2/3 | 1 | 0 | 66.7 |" in lines  # every lesion once
+    assert "| total | oedema |  |  |  |  |  | 2/2 | 0 | 0 | 100.0 |" in lines
+    assert len(lines) == 2 + 5 + 2 + 2
 
 
 @pytest.mark.parametrize("call, argument", [

@@ -112,3 +112,28 @@ def test_a_baseline_objective_does_not_take_another_loss(phantom_dataset, tmp_pa
         make_trainer(phantom_dataset, tmp_path / "run", "soft-fbeta-2", loss="ce+dice")
     with pytest.raises(InputError, match=r"technique.update must be one of \['sequential', 'sum'\]"):
         make_trainer(phantom_dataset, tmp_path / "run", {"preset": "vanilla", "update": "both"})
+
+
+def test_bench_official_protocol_uses_the_official_optimiser_and_schedule(phantom_dataset, tmp_path):
+    from AsymSegTrainer.bench import make_folds
+    from AsymSegTrainer.bench.folds import plan_runs
+    from AsymSegTrainer.bench.report import _update_structure
+    from AsymSegTrainer.bench.runs import run_job
+    from AsymSegTrainer.bench.settings import bench_settings
+    from AsymSegTrainer.cli import build_parser
+
+    def settings(*extra):
+        return bench_settings(build_parser().parse_args(
+            ["bench", "--dataset", str(phantom_dataset), "--classes", "lesion=1", "--train-size", "2", "--folds", "1",
+             "--methods", "asymmetric-combination", "--iterations", "10", "--out", str(tmp_path), *extra]))
+    official = settings("--official")
+    assert (official["optimizer"], official["learning_rate"], official["lr_schedule"], official["batch_size"],
+            official["patch_size"], official["official"]) == ("rmsprop-official", 1e-3, "official", 10, [40] * 3, True)
+    assert settings("--official", "--batch-size", "4")["batch_size"] == 4  # explicit options still win
+    plain = settings()
+    assert (plain["optimizer"], plain["lr_schedule"], plain["official"]) == ("adam", "poly", False)
+    run = plan_runs(tmp_path, ["asymmetric-combination"], make_folds([f"phantom_00{i}" for i in range(4)], 2, 1), 1)[0]
+    job = run_job(run, official, "cpu")
+    assert (job.optimizer, job.lr_schedule, job.learning_rate, job.loss) == ("rmsprop-official", "official", 1e-3, "ce")
+    assert _update_structure(["vanilla", "asymmetric-combination"]).startswith("sequential: one optimiser step each")
+    assert _update_structure(["vanilla"]).startswith("one optimiser step per batch")

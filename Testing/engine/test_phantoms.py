@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from AsymSegTrainer.data import Normalization, normalize
 from AsymSegTrainer.errors import InputError
+from AsymSegTrainer.metrics import component_volumes, connected_components
 from AsymSegTrainer.phantoms import make_phantom_dataset, phantom_case
 
 
@@ -62,6 +63,25 @@ def test_lesions_are_rare_and_vary_in_size_and_count(dataset):
         sizes += np.bincount(components.ravel())[1:].tolist()
         assert (image[:, label == 1] != 0).all()  # lesions lie inside the body
     assert len(set(counts)) >= 3 and max(sizes) >= 5 * min(sizes)
+
+
+def test_multi_lesion_phantoms_have_separate_lesions_of_every_size(dataset, tmp_path):
+    folder = make_phantom_dataset(tmp_path / "multi", num_cases=2, multi_lesion=True)
+    settings = json.loads((folder / "dataset.json").read_text())["settings"]
+    assert settings["multi_lesion"] is True
+    assert "multi_lesion" not in json.loads((dataset[0] / "dataset.json").read_text())["settings"]  # default as before
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labelsTr" / "phantom_001.nii.gz")))
+    np.testing.assert_array_equal(label, phantom_case(np.random.default_rng([0, 1]), multi_lesion=True)[1])
+    bins = set()
+    for i in range(6):
+        image, label = phantom_case(np.random.default_rng([0, i]), multi_lesion=True)
+        assert label.sum() * 100 <= label.size - label.sum() and (image[:, label == 1] != 0).all()
+        components, n = connected_components(label == 1)
+        assert 4 <= n <= 8  # MULTI_LESION_COUNT lesions, none touching another
+        volumes = component_volumes(components, n, (1.5, 1.0, 1.0))[1:]
+        bins |= set(np.digitize(volumes, [10.0, 100.0]).tolist())
+        assert volumes.min() < 10 and volumes.max() >= 100  # a small and a large lesion in every case
+    assert bins == {0, 1, 2}  # small, medium and large lesions
 
 
 def best_threshold_dice(score: np.ndarray, label: np.ndarray) -> float:

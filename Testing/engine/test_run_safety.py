@@ -121,10 +121,12 @@ def test_resume_keeps_the_best_score_and_the_validation_history(phantom_dataset,
     history = json.loads((out / "validation.json").read_text())
     assert [h["iteration"] for h in history] == [1, 2]
     _set_best_score(out / "model_last.pt", 1.5)  # a score no new validation can beat
-    best = (out / "model_best.pt").read_bytes()
+    best, _ = load_model_file(out / "model_best.pt")
     result, events = train(make_job(phantom_dataset, out, iterations=4), resume=True)
     assert result.status == "finished" and result.iteration == 4
-    assert (out / "model_best.pt").read_bytes() == best  # never replaced by a worse model
+    after_best, _ = load_model_file(out / "model_best.pt")  # never replaced by a worse model:
+    assert after_best["iteration"] == best["iteration"] == 2
+    assert all(torch.equal(after_best["state_dict"][k], v) for k, v in best["state_dict"].items())
     assert result.model == out / "model_best.pt"
     assert [e["best"] for e in events if e["type"] == "validation"] == [False, False]
     after = json.loads((out / "validation.json").read_text())

@@ -58,6 +58,7 @@ def test_empty_prediction_still_lists_the_classes(mrml, tmp_path):
 
 
 def test_metrics_table(mrml, tmp_path):
+    """An older metrics file (no lesion counts, class indices as keys): voxel columns in percent, lesions n/a."""
     data = {"raw": {"1": {"dsc": 0.8, "sensitivity": 0.7, "precision": 0.9, "hd95": 2.5, "tp": 3},
                     "2": {"dsc": None, "sensitivity": None, "precision": 0.0, "hd95": None}},
             "largest_component": {"1": {"dsc": 0.85, "sensitivity": 0.7, "precision": 1.0, "hd95": 1.0}}}
@@ -66,12 +67,45 @@ def test_metrics_table(mrml, tmp_path):
     table = importMetrics(path, ["background", "tumor", "edema"], name="case metrics")
     assert table.IsA("vtkMRMLTableNode")
     assert table.GetNumberOfRows() == 3
-    assert slicer.util.arrayFromTableColumn(table, "dsc")[0] == pytest.approx(0.8)
-    assert np.isnan(slicer.util.arrayFromTableColumn(table, "dsc")[1])
+    assert slicer.util.arrayFromTableColumn(table, "Dice (%)")[0] == pytest.approx(80.0)
+    assert slicer.util.arrayFromTableColumn(table, "HD95 (mm)")[0] == pytest.approx(2.5)
+    assert np.isnan(slicer.util.arrayFromTableColumn(table, "Dice (%)")[1])
+    assert np.isnan(slicer.util.arrayFromTableColumn(table, "Lesions found")).all()
     variants = [table.GetCellText(r, 0) for r in range(3)]
     classes = [table.GetCellText(r, 1) for r in range(3)]
-    assert variants == ["raw", "raw", "largest_component"] and classes == ["tumor", "edema", "tumor"]
+    assert variants == ["None: the network's output as it is"] * 2 + [
+        "Largest connected component of each class only (the paper's; every other lesion is deleted)"]
+    assert classes == ["tumor", "edema", "tumor"]
     assert metricRows({"tumor": {"dsc": 1.0}})[0]["class"] == "tumor"
+
+
+def test_metrics_table_shows_lesions_found_missed_and_false_positive(mrml, tmp_path):
+    """The engine's infer --label file: raw, chosen (what the segmentation holds) and the largest component."""
+    def metrics(dsc, found, fp):
+        return {"dsc": dsc, "sensitivity": 0.5, "precision": 0.75, "specificity": 0.999, "hd95": 3.25,
+                "reference_voxels": 40, "predicted_voxels": 30, "lesions_reference": 5, "lesions_detected": found,
+                "lesions_predicted": found + fp, "lesions_false_positive": fp, "lesion_sensitivity": found / 5,
+                "small_lesions_reference": 2}
+
+    data = {"case": "pred", "classes": ["background", "lesion"], "postprocessing": {"lesion": "min-size=10"},
+            "written": "chosen", "raw": {"lesion": metrics(0.6, 4, 3)}, "chosen": {"lesion": metrics(0.7, 4, 1)},
+            "post": {"lesion": metrics(0.5, 1, 0)}}
+    path = tmp_path / "pred_metrics.json"
+    path.write_text(json.dumps(data))
+    table = importMetrics(path, ["background", "lesion"])
+    columns = [table.GetTable().GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+    assert columns == ["Post-processing", "Class", "Dice (%)", "Sensitivity (%)", "Precision (%)", "Specificity (%)",
+                       "HD95 (mm)", "Lesions in reference", "Lesions found", "Lesions missed",
+                       "False-positive lesions", "Lesions found (%)", "Reference voxels", "Predicted voxels"]
+    column = lambda name: slicer.util.arrayFromTableColumn(table, name).tolist()  # noqa: E731
+    assert column("Lesions found") == [4, 4, 1] and column("Lesions missed") == [1, 1, 4]
+    assert column("False-positive lesions") == [3, 1, 0] and column("Lesions found (%)") == pytest.approx([80, 80, 20])
+    assert column("Dice (%)") == pytest.approx([60, 70, 50]) and column("HD95 (mm)") == [3.25] * 3
+    assert column("Specificity (%)") == pytest.approx([99.9] * 3) and column("Reference voxels") == [40] * 3
+    assert [table.GetCellText(r, 0) for r in range(3)] == [
+        "None: the network's output as it is",
+        "As in the segmentation: lesions smaller than 10 mm³ removed (the model's choice on its validation cases)",
+        "Largest connected component of each class only (the paper's; every other lesion is deleted)"]
 
 
 def statistics(means: dict, counts: list, classes=("background", "tumor"), seed=0) -> dict:
