@@ -10,6 +10,7 @@ Cancel (SIGTERM / SIGINT / ``OUT/STOP``) finishes the iteration and writes ``mod
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import threading
@@ -142,7 +143,11 @@ class Trainer:
         self.lock = FolderLock(self.out).acquire()
         names = {p.name for p in self.out.iterdir()}
         temporary = {n for n in names if _TEMPORARY.match(n)}
-        foreign = sorted(names - OUTPUT_FILES - temporary)
+        # A new run finds at most what a run that failed before training left: its log, its events and
+        # the job.json the engine wrote for this folder. A user's own job.json, STOP or validation.json is kept.
+        own = OUTPUT_FILES if resume or names & {LAST, BEST} else \
+            {"events.jsonl", "log.txt", LOCK_FILE} | ({JOB_FILE} if self._engine_job_file() else set())
+        foreign = sorted(names - own - temporary)
         if foreign:
             raise InputError(f"The output folder {self.out} holds files AsymSeg did not write: "
                              f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}.",
@@ -155,6 +160,14 @@ class Trainer:
         self.sink.attach(self.out)
         for name in temporary | {STOP_FILE}:
             (self.out / name).unlink(missing_ok=True)
+
+    def _engine_job_file(self) -> bool:
+        """Whether OUT/job.json is one the engine wrote for this folder (not a user's job file)."""
+        try:
+            written = json.loads((self.out / JOB_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(written, dict) and written.get("output") == str(self.out)
 
     def _check_resumable(self) -> None:
         """``--resume`` continues the same job from ``model_last.pt``; anything else is refused."""

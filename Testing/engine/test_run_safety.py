@@ -81,9 +81,30 @@ def test_foreign_files_in_the_output_folder_are_refused_and_kept(phantom_dataset
     mine = {"job.json": b'{"my": "own job"}', "STOP": b"my notes", "validation.json": b"[1, 2]", "notes.txt": b"x"}
     for name, data in mine.items():
         (out / name).write_bytes(data)
-    with pytest.raises(InputError, match="holds files AsymSeg did not write: notes.txt"):
+    with pytest.raises(InputError, match="holds files AsymSeg did not write: STOP, job.json, notes.txt, validation.json"):
         train(make_job(phantom_dataset, out))
     assert {n: (out / n).read_bytes() for n in mine} == mine
+
+
+@pytest.mark.parametrize("name", ["job.json", "STOP", "validation.json"])
+def test_a_users_file_with_an_engine_name_is_never_overwritten(phantom_dataset, tmp_path, name):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / name).write_text('{"cases": "my own job"}')
+    with pytest.raises(InputError, match=f"holds files AsymSeg did not write: {name}"):
+        train(make_job(phantom_dataset, out))
+    assert (out / name).read_text() == '{"cases": "my own job"}'
+
+
+def test_a_run_that_failed_before_training_can_be_started_again(phantom_dataset, tmp_path):
+    out = tmp_path / "run"
+    failing = make_job(phantom_dataset, out)
+    failing.class_map = type(failing.class_map)({"background": [0], "lesion": [7]}, "background")  # no such voxel
+    with pytest.raises(InputError, match="None of the training cases contains a voxel"):
+        train(failing)  # fails after writing its job.json, log and events
+    assert {"job.json", "log.txt", "events.jsonl"} <= {p.name for p in out.iterdir()}
+    result, _ = train(make_job(phantom_dataset, out))
+    assert result.status == "finished"
 
 
 def test_a_failed_check_releases_the_lock(phantom_dataset, tmp_path):
