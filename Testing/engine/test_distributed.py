@@ -95,3 +95,28 @@ def test_a_world_of_one_needs_no_process_group(monkeypatch):
     assert distributed.data_parallel(model, world, torch.device("cpu")) is model
     assert distributed.any_rank(world, True, torch.device("cpu")) is True
     assert distributed.from_main(world, 5) == 5
+
+
+def test_a_stop_file_stops_every_rank_and_resume_continues(phantom_dataset, tmp_path):
+    import time
+    out = tmp_path / "run"
+    args = train_args(phantom_dataset, "lesion=1", "phantom_000,phantom_001", "phantom_002", out, 100000,
+                      "--patch-size", 16, 16, 16)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "AsymSegTrainer", *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and '"phase": "train"' not in ((out / "events.jsonl").read_text()
+                                                                if (out / "events.jsonl").exists() else ""):
+        time.sleep(0.5)
+    (out / "STOP").write_text("stop")
+    stdout, stderr = proc.communicate(timeout=300)
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert events[-1]["status"] == "cancelled" and events[-1]["exit_code"] == 10, stderr[-2000:]
+    assert "[rank 1] cancelled (exit code 10)" in stderr  # the other rank stopped at the same iteration
+    stopped = load_model_file(out / "model_last.pt")[0]["iteration"]
+    resumed = torchrun(*train_args(phantom_dataset, "lesion=1", "phantom_000,phantom_001", "phantom_002", out,
+                                   stopped + 2, "--patch-size", 16, 16, 16, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load_model_file(out / "model_last.pt")[0]["iteration"] == stopped + 2
