@@ -169,11 +169,11 @@ def present_payload(path: Path) -> Optional[tuple]:
 
 
 def _size(nbytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return ""
+    """A byte count for a message: B below 1 KiB, else KiB, MiB or GiB with one decimal."""
+    if nbytes < 1024:
+        return f"{nbytes:.0f} B"
+    unit = min(int(math.log(nbytes, 1024)), 3)
+    return f"{nbytes / 1024 ** unit:.1f} {('B', 'KiB', 'MiB', 'GiB')[unit]}"
 
 
 def _bytes_per_component(pixel_id: int) -> int:

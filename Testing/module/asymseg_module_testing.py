@@ -1,4 +1,4 @@
-"""Helpers of the module tests: real MRML from slicer-core, no Qt (SLICER.md, "Testing").
+"""Helpers of the module tests: real MRML from slicer-core (the ``slicer-core`` package on PyPI), no Qt.
 
 ``AsymSeg/`` goes on sys.path (the module's script folder in Slicer) and ``shims/`` before
 ``import slicer`` so ``slicer.ScriptedLoadableModule`` exists. Each test gets a fresh scene

@@ -1,7 +1,7 @@
 """Test shim for ``slicer.ScriptedLoadableModule`` (absent from slicer-core, which has no Qt).
 
-This folder is named ``slicer`` and has no ``__init__.py``: slicer-core's ``slicer`` package
-extends its path with it (SLICER.md), so ``from slicer.ScriptedLoadableModule import *``
+This folder is named ``slicer`` and has no ``__init__.py``: ``asymseg_module_testing`` appends
+it to slicer-core's ``slicer.__path__``, so ``from slicer.ScriptedLoadableModule import *``
 works in tests as in Slicer. Only what AsymSeg.py uses outside its widget is provided.
 """
 
