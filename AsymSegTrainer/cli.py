@@ -28,31 +28,66 @@ def _ids(text: str) -> List[str]:
     return [s for s in (text or "").split(",") if s]
 
 
-def _train(args, sink: EventSink) -> dict:
-    from .jobspec import job_from_dataset, job_from_dict, load_job
-    from .training import Trainer
+def _job(args, needs_out: bool):
+    """The job of ``train`` / ``plan``: a job file, or cases of an nnU-Net folder with the options given."""
+    from .jobspec import job_from_dataset, job_from_dict, load_job, parse_target_spacing
 
     if args.job:
         job = load_job(args.job)
-    else:
-        if not args.out:
-            raise InputError("train --dataset needs --out, the output folder of the run.",
-                             "Add --out FOLDER (a new or empty folder).")
-        settings = {"technique": args.preset, "output": str(Path(args.out).resolve())}
-        for key in ("iterations", "batch_size", "patch_size", "learning_rate", "device", "seed", "loss",
-                    "target_spacing", "optimizer", "validation_interval"):
-            if getattr(args, key) is not None:
-                settings[key] = getattr(args, key)
-        if args.initial_checkpoint:
-            settings["initial_checkpoint"] = str(Path(args.initial_checkpoint).resolve())
-        spec = job_from_dataset(args.dataset, args.classes, _ids(args.train_cases), _ids(args.val_cases), **settings)
-        job = job_from_dict(spec, Path.cwd())
-    if args.out and args.job:
-        job.output = Path(args.out).resolve()
+        if args.out:
+            job.output = Path(args.out).resolve()
+        return job
+    if needs_out and not args.out:
+        raise InputError("train --dataset needs --out, the output folder of the run.",
+                         "Add --out FOLDER (a new or empty folder).")
+    settings = {"technique": args.preset}
+    if args.out:
+        settings["output"] = str(Path(args.out).resolve())
+    for key in ("iterations", "batch_size", "patch_size", "learning_rate", "device", "seed", "loss",
+                "optimizer", "validation_interval", "time_budget_minutes"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if args.target_spacing is not None:
+        settings["target_spacing"] = parse_target_spacing(args.target_spacing)
+    if args.early_stopping:
+        settings["early_stopping"] = True
+    if args.initial_checkpoint:
+        settings["initial_checkpoint"] = str(Path(args.initial_checkpoint).resolve())
+    spec = job_from_dataset(args.dataset, args.classes, _ids(args.train_cases), _ids(args.val_cases), **settings)
+    return job_from_dict(spec, Path.cwd())
+
+
+def _train(args, sink: EventSink) -> dict:
+    from .training import Trainer
+
+    job = _job(args, needs_out=True)
     trainer = Trainer(job, sink)
     sink.failure_fields = lambda: {"model": str(trainer.model_path) if trainer.model_path else None}
     result = trainer.run(resume=args.resume)
     return {"status": result.status, "model": str(result.model) if result.model else None, "outputs": result.outputs}
+
+
+def _plan(args, sink: EventSink) -> dict:
+    from .files import write_json
+    from .planning import plan_job
+    from .runtime import resolve_device
+
+    job = _job(args, needs_out=False)
+    device = resolve_device(job.device)
+    sink.emit("start", command="plan", config=job.to_dict(), device=str(device), versions=_versions(),
+              output=str(args.plan_out) if args.plan_out else None)
+    plan = plan_job(job, device, sink)
+    sink.emit("plan", plan=plan)
+    outputs = {}
+    if args.plan_out:
+        outputs["plan"] = str(write_json(Path(args.plan_out), plan))
+    return {"status": "finished", "outputs": outputs}
+
+
+def _versions() -> dict:
+    from .runtime import versions
+
+    return versions()
 
 
 def _infer(args, sink: EventSink) -> dict:
@@ -95,14 +130,41 @@ def _training_options(p: argparse.ArgumentParser, defaults: Optional[Callable[[s
         if defaults is None:
             return None
         value = defaults(name)
+        if value is None:
+            return "default: planned from the training cases and the device (see the plan command)"
         return f"default {' '.join(map(str, value)) if isinstance(value, list) else value}"
 
     p.add_argument("--batch-size", type=int, help=default("batch_size"))
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help=default("patch_size"))
-    p.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
-                   help="resample to this (mm; default: the images' own)")
+    p.add_argument("--target-spacing", nargs="+", metavar="MM",
+                   help="resample to Z Y X mm, or 'native' for the images' own spacing; " + (
+                       default("target_spacing") or "default: the images' own"))
     p.add_argument("--learning-rate", "--lr", type=float, help=default("learning_rate"))
     p.add_argument("--optimizer", choices=CHOICES["optimizer"], help=default("optimizer"))
+
+
+def _job_options(p: argparse.ArgumentParser) -> None:
+    """The job of ``train`` and ``plan``: a job file, or cases of an nnU-Net folder and the settings to keep."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--job", type=Path, help="job spec JSON (docs/protocol.md)")
+    src.add_argument("--dataset", type=Path, help="nnU-Net v2 raw folder (dataset.json, imagesTr/, labelsTr/)")
+    p.add_argument("--classes", nargs="+", default=[], metavar="NAME=V1,V2",
+                   help="with --dataset: training classes as label-value groups; other values are background")
+    p.add_argument("--train-cases", default="", metavar="ID,ID", help="with --dataset: training case ids")
+    p.add_argument("--val-cases", default="", metavar="ID,ID", help="with --dataset: validation case ids")
+    p.add_argument("--preset", default=RECOMMENDED, choices=list(PRESETS),
+                   help=f"technique (default {RECOMMENDED}, the paper's first recommendation)")
+    p.add_argument("--iterations", type=int, help="default: what fits --minutes on this device (planned)")
+    p.add_argument("--minutes", dest="time_budget_minutes", type=float,
+                   help=f"time budget the planned iterations fit (default {job_default('time_budget_minutes'):g})")
+    _training_options(p, job_default)
+    p.add_argument("--loss", choices=list(CHOICES["loss"]), help=f"default {job_default('loss')}")
+    p.add_argument("--validation-interval", type=int, help="default: planned (about 12 validations per run)")
+    p.add_argument("--early-stopping", action="store_true",
+                   help="stop once the smoothed validation DSC has stopped improving (needs --val-cases)")
+    p.add_argument("--initial-checkpoint", help="fine-tune from this model file")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,27 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stdout: one JSON event per line and nothing else (for Slicer and scripts)")
         return p
 
-    t = command("train", "fine-tune a network (a job file, or cases of an nnU-Net v2 raw folder)", _train,
+    t = command("train", "fine-tune a network (a job file, or cases of an nnU-Net v2 raw folder); settings left out "
+                         "are planned from the training cases and the device (see plan)", _train,
                 "python -m AsymSegTrainer train --dataset Dataset001 --classes tumor_core=1,3,4 "
-                "--train-cases pat5,pat6 --val-cases pat3 --preset asymmetric-focal --iterations 2000 --out runs/focal")
-    src = t.add_mutually_exclusive_group(required=True)
-    src.add_argument("--job", type=Path, help="job spec JSON (docs/protocol.md)")
-    src.add_argument("--dataset", type=Path, help="nnU-Net v2 raw folder (dataset.json, imagesTr/, labelsTr/)")
-    t.add_argument("--classes", nargs="+", default=[], metavar="NAME=V1,V2",
-                   help="with --dataset: training classes as label-value groups; other values are background")
-    t.add_argument("--train-cases", default="", metavar="ID,ID", help="with --dataset: training case ids")
-    t.add_argument("--val-cases", default="", metavar="ID,ID", help="with --dataset: validation case ids")
-    t.add_argument("--preset", default=RECOMMENDED, choices=list(PRESETS),
-                   help=f"technique (default {RECOMMENDED}, the paper's first recommendation)")
-    t.add_argument("--iterations", type=int, help=f"default {job_default('iterations')}")
-    _training_options(t, job_default)
-    t.add_argument("--loss", choices=list(CHOICES["loss"]), help=f"default {job_default('loss')}")
-    t.add_argument("--validation-interval", type=int)
-    t.add_argument("--initial-checkpoint", help="fine-tune from this model file")
-    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    t.add_argument("--seed", type=int)
+                "--train-cases pat5,pat6 --val-cases pat3 --preset asymmetric-focal --out runs/focal")
+    _job_options(t)
     t.add_argument("--out", help="output folder (with --job: overrides the job's)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/model_last.pt")
+
+    pl = command("plan", "show the training plan of a job: the settings it leaves out, chosen from the training "
+                         "cases and the device, each with its reason", _plan,
+                 "python -m AsymSegTrainer plan --dataset Dataset001 --classes tumor_core=1,3,4 --train-cases pat5,pat6")
+    _job_options(pl)
+    pl.add_argument("--out", help=argparse.SUPPRESS)  # the job's output folder: not used by plan
+    pl.add_argument("--plan-out", type=Path, metavar="PLAN.json", help="also write the plan to this JSON file")
 
     i = command("infer", "segment new cases with a trained model", _infer,
                 "python -m AsymSegTrainer infer --model runs/focal/model_best.pt --images flair.nii.gz t1c.nii.gz "

@@ -364,6 +364,7 @@ def _from_dict(cls, data, what: str):
 # ---------------------------------------------------------------------------- normalisation
 
 NORMALIZATION_MODES = ("zscore", "ct", "none")
+STATISTICS_REGIONS = ("foreground", "mask")
 
 
 @dataclass
@@ -371,9 +372,12 @@ class Normalization:
     """Intensity normalisation of every channel.
 
     - ``zscore``: per channel, subtract the mean and divide by the standard deviation computed
-      over the ROI mask or, without a mask, over the voxels that are not a constant background
-      (see :func:`normalize`); over all voxels if the selection is empty. Every voxel, inside or outside, gets the same affine
-      transform, so the outside is not zeroed. A constant channel becomes 0.
+      over the voxels ``statistics`` selects: ``foreground`` (the default) the voxels that are
+      not a constant background (:func:`estimated_foreground`), with or without an ROI mask,
+      so a case read from its image files alone is normalised exactly as in training; ``mask``
+      the ROI mask (the foreground without one). Over all voxels if the selection is empty.
+      Every voxel, inside or outside, gets the same affine transform, so the outside is not
+      zeroed. A constant channel becomes 0.
     - ``ct``: clip to ``window`` = (low, high) (e.g. Hounsfield units), then scale linearly to
       [-1, 1].
     - ``none``: unchanged (cast to float32).
@@ -381,8 +385,12 @@ class Normalization:
 
     mode: str = "zscore"
     window: Optional[Tuple[float, float]] = None
+    statistics: str = "foreground"
 
     def __post_init__(self):
+        if self.statistics not in STATISTICS_REGIONS:
+            raise InputError(f"normalization.statistics must be one of {STATISTICS_REGIONS}, got {self.statistics!r}",
+                             "Use foreground (the same with or without an ROI mask) or mask (inside the ROI mask).")
         if self.mode not in NORMALIZATION_MODES:
             raise InputError(f"normalization.mode must be one of {NORMALIZATION_MODES}, got {self.mode!r}",
                              "Use zscore for MRI, ct (with a window) for CT.")
@@ -400,7 +408,8 @@ class Normalization:
                              "Remove the window or set mode to 'ct'.")
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "window": None if self.window is None else list(self.window)}
+        return {"mode": self.mode, "window": None if self.window is None else list(self.window),
+                "statistics": self.statistics}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Normalization":
@@ -410,8 +419,8 @@ class Normalization:
 BACKGROUND_SHARE = 0.1
 
 
-def _statistics_voxels(channel: np.ndarray) -> np.ndarray:
-    """Voxels for z-score statistics without a mask: all but a constant background.
+def estimated_foreground(channel: np.ndarray) -> np.ndarray:
+    """Boolean array of the voxels that are not a constant background (all True when there is none).
 
     A background is the channel's minimum when it fills at least BACKGROUND_SHARE of the
     volume: 0 outside the head in raw or skull-stripped MRI, but also e.g. -3.6 in
@@ -419,7 +428,7 @@ def _statistics_voxels(channel: np.ndarray) -> np.ndarray:
     whole of such a volume and shift every intensity of a case without its ROI mask.
     """
     outside = channel == channel.min()
-    return channel[~outside] if outside.mean() >= BACKGROUND_SHARE else channel.ravel()
+    return ~outside if outside.mean() >= BACKGROUND_SHARE else np.ones(channel.shape, bool)
 
 
 def normalize(image: np.ndarray, mask: Optional[np.ndarray], normalization: Normalization) -> np.ndarray:
@@ -432,7 +441,8 @@ def normalize(image: np.ndarray, mask: Optional[np.ndarray], normalization: Norm
         return ((np.clip(image, low, high) - low) * (2.0 / (high - low)) - 1.0).astype(np.float32)
     out = np.empty(image.shape, np.float32)
     for c, channel in enumerate(image):
-        selected = channel[mask] if mask is not None else _statistics_voxels(channel)
+        use_mask = mask is not None and normalization.statistics == "mask"
+        selected = channel[mask if use_mask else estimated_foreground(channel)]
         if selected.size == 0:
             selected = channel
         mean, std = float(np.mean(selected, dtype=np.float64)), float(np.std(selected, dtype=np.float64))

@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional, TypeVar
 
 if TYPE_CHECKING:  # torch is imported by the functions that use it: the CLI's --help stays fast
     import torch
     from torch import nn
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -107,3 +109,22 @@ def data_parallel(model: "nn.Module", world: World, device: "torch.device") -> "
 def error_message(world: World, error: Optional[BaseException]) -> Optional[str]:
     """Rank 0's error message on every rank (None when rank 0 had none)."""
     return from_main(world, None if error is None else str(getattr(error, "message", error)))
+
+
+def on_main(world: World, fn: Callable[[], T], what: str) -> T:
+    """``fn()`` run by rank 0 and its result on every rank. An AsymSegError of rank 0 is raised there and, as an
+    InputError starting with ``what``, on the other ranks (instead of leaving them waiting)."""
+    from .errors import AsymSegError, InputError
+
+    error = result = None
+    if world.main:
+        try:
+            result = fn()
+        except AsymSegError as exc:
+            error = exc
+    message = error_message(world, error)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise InputError(f"{what}: {message}", "See the error of rank 0.")
+    return from_main(world, result)

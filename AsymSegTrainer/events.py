@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Optional
 
 from .errors import InputError, ResourceError, as_user_error
+from .formatting import plan_text
 from .protocol import EVENT_KEYS
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # POSIX; on Windows the is_symlink check below guards
@@ -61,6 +62,10 @@ def _describe(event: dict) -> str:
         scores = ", ".join(f"{name} DSC {m['dsc'] or 0:.3f} SEN {m['sensitivity'] or 0:.3f} PRC {m['precision'] or 0:.3f}"
                            for name, m in event["metrics"].items())
         return f"validation at iteration {event['iteration']}: {scores}" + (" (best so far)" if event["best"] else "")
+    if kind == "plan":
+        return plan_text(event["plan"])
+    if kind == "checkpoint" and event["kind"] == "chosen":
+        return f"chose {event['path']}: {event['reason']}"
     if kind == "checkpoint":
         return f"saved {event['kind']} model {event['path']} (iteration {event['iteration']})"
     if kind == "done":

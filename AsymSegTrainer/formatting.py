@@ -64,3 +64,17 @@ def duration(seconds: Optional[float]) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 \
         else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def plan_text(plan: dict) -> str:
+    """The plan in plain lines, for the log and the CLI."""
+    lines = [f"Training plan for {plan['device']['type'].upper()} ({plan['device']['name']}, "
+             f"{plan['device']['cores']} core(s)"
+             + (f", {plan['device']['memory_gib']} GiB" if plan["device"]["memory_gib"] else "") + "):"]
+    for name, value in plan["settings"].items():
+        reason = plan["reasons"].get(name) or ""
+        lines.append(f"  {name} = {value}  [{plan['source'][name]}]" + (f": {reason}" if reason else ""))
+    if plan.get("estimated_minutes") is not None:
+        lines.append(f"  estimated training time {plan['estimated_minutes']:g} min "
+                     f"({plan['step_seconds']:g} s per iteration measured here)")
+    return "\n".join(lines)

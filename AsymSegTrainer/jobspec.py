@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 from .data import CaseSpec, ClassMap, Normalization, read_nnunet_dataset
 from .errors import InputError
@@ -18,12 +18,22 @@ from .network import downsampling_factor, network_config
 from .protocol import CHOICES, JOB_FIELDS, JOB_FORMAT, JOB_VERSION, job_default
 from .techniques import Technique, resolve_technique
 
+NATIVE = "native"  # target_spacing: the images' own spacing, no resampling
+PLANNED_FIELDS = ("target_spacing", "patch_size", "batch_size", "network", "normalization", "learning_rate",
+                  "iterations", "validation_interval")
+"""The job fields a plan fills when the job leaves them out (protocol.json: default null; planning.py)."""
+
 LOSSES = {name: (w["ce_weight"], w["dice_weight"]) for name, w in CHOICES["loss"].items()}
 
 
 @dataclass
 class Job:
-    """A validated job; every field is filled by :func:`job_from_dict` (defaults: protocol.json)."""
+    """A validated job; every field is filled by :func:`job_from_dict` (defaults: protocol.json).
+
+    The fields of planning.PLANNED_FIELDS are None until :meth:`apply_plan` fills them (a job
+    that leaves them out is planned from its data and the device); ``target_spacing`` is then a
+    (z, y, x) list or ``"native"``.
+    """
 
     cases: List[CaseSpec]
     class_map: ClassMap
@@ -32,17 +42,19 @@ class Job:
     rarity: List[float]
     technique: Technique
     loss: str
-    network: dict
-    patch_size: List[int]
-    target_spacing: Optional[List[float]]
-    normalization: Normalization
-    batch_size: int
-    iterations: int
+    network: Optional[dict]
+    patch_size: Optional[List[int]]
+    target_spacing: Union[List[float], str, None]
+    normalization: Optional[Normalization]
+    batch_size: Optional[int]
+    iterations: Optional[int]
+    time_budget_minutes: float
     optimizer: str
     lr_schedule: str
-    learning_rate: float
+    learning_rate: Optional[float]
     foreground_fraction: float
-    validation_interval: int
+    validation_interval: Optional[int]
+    early_stopping: bool
     seed: int
     device: str
     amp: bool
@@ -52,17 +64,47 @@ class Job:
     def cases_with_role(self, role: str) -> List[CaseSpec]:
         return [c for c in self.cases if c.role == role]
 
+    def unplanned(self) -> List[str]:
+        """The planned fields this job leaves out."""
+        return [name for name in PLANNED_FIELDS if getattr(self, name) is None]
+
+    def given(self) -> dict:
+        """The planned fields as the job sets them (None: left out), in plain JSON values."""
+        plain = self.to_dict()
+        return {name: plain[name] for name in PLANNED_FIELDS}
+
+    def apply_plan(self, settings: dict) -> None:
+        """Fill the fields the job leaves out from a plan's ``settings`` (a field the job sets is kept; a None in
+        ``settings`` leaves the field to the plan)."""
+        for name in self.unplanned():
+            value = settings.get(name)
+            if value is None:
+                continue
+            if name == "normalization":
+                value = Normalization.from_dict(value)
+            elif name == "network":
+                value = network_config(value)
+            setattr(self, name, value)
+
+    @property
+    def spacing(self) -> Optional[List[float]]:
+        """The spacing the arrays are resampled to; None: the images' own."""
+        return None if self.target_spacing == NATIVE else self.target_spacing
+
     def to_dict(self) -> dict:
         """The resolved job: absolute paths, every default written out."""
         return {"format": JOB_FORMAT, "version": JOB_VERSION, "output": str(self.output), "channels": self.channels,
                 "cases": [c.to_dict() for c in self.cases], **_class_fields(self.class_map),
                 "rarity": dict(zip(self.class_map.names, self.rarity)), "technique": self.technique.to_dict(),
                 "loss": self.loss, "network": self.network, "patch_size": self.patch_size,
-                "target_spacing": self.target_spacing, "normalization": self.normalization.to_dict(),
-                "batch_size": self.batch_size, "iterations": self.iterations, "optimizer": self.optimizer,
+                "target_spacing": self.target_spacing,
+                "normalization": self.normalization.to_dict() if self.normalization else None,
+                "batch_size": self.batch_size, "iterations": self.iterations,
+                "time_budget_minutes": self.time_budget_minutes, "optimizer": self.optimizer,
                 "lr_schedule": self.lr_schedule,
                 "learning_rate": self.learning_rate, "foreground_fraction": self.foreground_fraction,
-                "validation_interval": self.validation_interval, "seed": self.seed, "device": self.device,
+                "validation_interval": self.validation_interval, "early_stopping": self.early_stopping,
+                "seed": self.seed, "device": self.device,
                 "amp": self.amp, "initial_checkpoint": str(self.initial_checkpoint) if self.initial_checkpoint else None,
                 "logit_statistics": self.logit_statistics}
 
@@ -81,6 +123,8 @@ def _value(d: dict, name: str):
     spec, default = JOB_FIELDS[name], job_default(name)
     value = d.get(name, default)
     kind = spec["type"]
+    if value is None and default is None:
+        return None  # left to the plan
     if kind == "bool" and not isinstance(value, bool):
         raise _field_error(name, f"must be true or false; got {value!r}.", f"Write true or false (default {default}).")
     if kind == "choice" and value not in CHOICES[name]:
@@ -98,6 +142,19 @@ def _value(d: dict, name: str):
             rng = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
             raise _field_error(name, f"must be {rng}; got {value}.", f"E.g. {default}.")
     return value
+
+
+def parse_target_spacing(values: Optional[Sequence[str]]):
+    """A command line's ``--target-spacing``: three numbers (z, y, x in mm), ``native``, or None (planned)."""
+    if values is None or list(values) == [NATIVE]:
+        return None if values is None else NATIVE
+    try:
+        if len(values) == 3:
+            return [float(v) for v in values]
+    except ValueError:
+        pass
+    raise InputError(f"--target-spacing {' '.join(map(str, values))} is not three numbers (z, y, x in mm) or "
+                     f"'{NATIVE}'.", f"E.g. --target-spacing 2 2 2, or {NATIVE} for the images' own spacing.")
 
 
 def _resolve_path(base: Path, value: Optional[str]) -> Optional[str]:
@@ -170,22 +227,24 @@ def job_from_dict(d: dict, base_dir: Path) -> Job:
     if any(not 0 <= r <= 1 for r in rarity_list):
         raise _field_error("rarity", f"values must lie in [0, 1]; got {rarity_list}.", "1 = rare, 0 = well represented.")
 
-    net = network_config(d.get("network"))
-    patch = d.get("patch_size", job_default("patch_size"))
-    if not isinstance(patch, list) or len(patch) != 3 or not all(isinstance(p, int) and p >= 1 for p in patch):
+    net = network_config(d["network"]) if d.get("network") is not None else None
+    patch = d.get("patch_size")
+    if patch is not None and (not isinstance(patch, list) or len(patch) != 3
+                              or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in patch)):
         raise _field_error("patch_size", f"must be three positive integers (z, y, x); got {patch!r}.",
-                           "E.g. [48, 48, 48]; [1, 64, 64] for 2D images.")
-    factor = downsampling_factor(net)
-    bad = [p for p in patch if p != 1 and p % factor]
+                           "E.g. [48, 48, 48]; [1, 64, 64] for 2D images; leave it out to have it planned.")
+    factor = downsampling_factor(net or network_config(None))
+    bad = [p for p in patch or [] if p != 1 and p % factor]
     if bad:
         raise _field_error("patch_size", f"{patch} has sizes {bad} not divisible by {factor}, the network's "
                            "downsampling factor.", f"Use multiples of {factor}, e.g. "
                            f"{[max(factor, round(p / factor) * factor) if p != 1 else 1 for p in patch]}.")
     spacing = d.get("target_spacing")
-    if spacing is not None and (not isinstance(spacing, list) or len(spacing) != 3 or not all(
+    if spacing is not None and spacing != NATIVE and (not isinstance(spacing, list) or len(spacing) != 3 or not all(
             isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in spacing)):
-        raise _field_error("target_spacing", f"must be null or three positive numbers in mm (z, y, x); got {spacing!r}.",
-                           "E.g. [2.0, 2.0, 2.0].")
+        raise _field_error("target_spacing", f"must be three positive numbers in mm (z, y, x), \"native\" or null "
+                           f"(planned); got {spacing!r}.", "E.g. [2.0, 2.0, 2.0].")
+    normalization = d.get("normalization")
     init = d.get("initial_checkpoint")
     output = Path(_resolve_path(base_dir, d.get("output", job_default("output"))))
     technique = resolve_technique(d.get("technique", job_default("technique")))
@@ -194,9 +253,11 @@ def job_from_dict(d: dict, base_dir: Path) -> Job:
                            "loss of its own.", f"Leave loss at '{job_default('loss')}' with this technique.")
     return Job(cases=cases, class_map=class_map, output=output, channels=channels, rarity=rarity_list,
                technique=technique, loss=_value(d, "loss"),
-               network=net, patch_size=patch, target_spacing=[float(s) for s in spacing] if spacing else None,
-               normalization=Normalization.from_dict(d.get("normalization") or job_default("normalization")),
+               network=net, patch_size=patch,
+               target_spacing=[float(s) for s in spacing] if isinstance(spacing, list) else spacing,
+               normalization=Normalization.from_dict(normalization) if normalization is not None else None,
                batch_size=_value(d, "batch_size"), iterations=_value(d, "iterations"),
+               time_budget_minutes=_value(d, "time_budget_minutes"), early_stopping=_value(d, "early_stopping"),
                optimizer=_value(d, "optimizer"), lr_schedule=_value(d, "lr_schedule"),
                learning_rate=_value(d, "learning_rate"),
                foreground_fraction=_value(d, "foreground_fraction"),

@@ -18,16 +18,17 @@ from torch import nn
 
 from .errors import InputError
 from .files import atomic_output
-from .protocol import CHOICES, job_default
+from .protocol import CHOICES
 
 MODEL_FORMAT = "asymseg-model"
 MODEL_VERSION = 1
+DEFAULT_NETWORK = "unet"  # a job's network without a name
 
 
 def network_config(config: Optional[dict]) -> dict:
     """Fill defaults (protocol.json) and validate a job's ``network`` object."""
     config = dict(config or {})
-    name = config.setdefault("name", job_default("network")["name"])
+    name = config.setdefault("name", DEFAULT_NETWORK)
     if name not in CHOICES["network"]:
         raise InputError(f"network.name '{name}' is not supported.",
                          "Use 'unet' (MONAI UNet) or 'dynunet' (MONAI DynUNet).")

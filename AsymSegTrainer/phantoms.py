@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import binary_dilation, gaussian_filter
+from scipy.ndimage import binary_dilation, binary_erosion, gaussian_filter
 from scipy.spatial.transform import Rotation
 
 from .data import write_image
@@ -144,26 +144,45 @@ def phantom_case(rng: np.random.Generator, shape: Sequence[int] = (48, 48, 48),
     return image, label.astype(np.uint8)
 
 
+def ct_like(image: np.ndarray) -> np.ndarray:
+    """A one-channel CT-like version (1, z, y, x) of a phantom, in integer Hounsfield-like units.
+
+    Air (-1000) outside the body, a 2-voxel bone-like shell (about 700) at its surface, soft
+    tissue about 40 with the lesion (bright in both MR-like channels) about 50-110 brighter:
+    the intensity ranges that make a CT scan recognisable, for tests and the plan's CT rule.
+    """
+    body = image[0] > 0
+    tissue = 40.0 + 100.0 * (image[0] / TISSUE[0][0] - 1.0) + 100.0 * (image[1] / TISSUE[1][0] - 1.0)
+    shell = body & ~binary_erosion(body, iterations=2)
+    hu = np.where(body, np.where(shell, 700.0 + 0.2 * tissue, tissue), -1000.0)
+    return np.round(hu)[None].astype(np.float32)
+
+
 def make_phantom_dataset(folder, num_cases: int = 6, shape: Sequence[int] = (48, 48, 48),
                          spacing: Sequence[float] = (1.5, 1.0, 1.0), seed: int = 0,
                          direction: Optional[Sequence[float]] = None,
-                         origin: Optional[Sequence[float]] = None, multi_lesion: bool = False) -> Path:
+                         origin: Optional[Sequence[float]] = None, multi_lesion: bool = False,
+                         modality: str = "mr") -> Path:
     """Write an nnU-Net v2 raw dataset of ``num_cases`` phantoms into ``folder``; return the folder.
 
     ``shape`` and ``spacing`` are (z, y, x); ``direction`` (9 numbers, row-major, as
     SimpleITK's SetDirection) and ``origin`` (physical x, y, z in mm) default to identity and
-    zero; ``multi_lesion``: 4-8 separate lesions of every size per case. Same seed, same
+    zero; ``multi_lesion``: 4-8 separate lesions of every size per case; ``modality`` "ct":
+    one CT-like channel (:func:`ct_like`) instead of the two MR-like ones. Same seed, same
     arrays. A non-empty folder is never overwritten: if it already holds a phantom dataset
     made with the same settings it is returned as it is, otherwise InputError.
     """
     folder = Path(folder)
+    if modality not in ("mr", "ct"):
+        raise InputError(f"Phantom modality {modality!r}", "Use 'mr' (two MR-like channels) or 'ct' (one CT-like).")
     if num_cases < 1 or len(shape) != 3 or min(shape) < 8 or len(spacing) != 3 or min(spacing) <= 0:
         raise InputError(f"Phantom settings: num_cases={num_cases}, shape={tuple(shape)}, spacing={tuple(spacing)}",
                          "Use num_cases >= 1, a (z, y, x) shape of at least 8 voxels per axis and positive spacing.")
     settings = json.loads(json.dumps({"num_cases": num_cases, "shape_zyx": list(shape), "spacing_zyx": list(spacing),
                                       "seed": seed, "direction": direction and list(direction),
                                       "origin": origin and list(origin),
-                                      **({"multi_lesion": True} if multi_lesion else {})}))
+                                      **({"multi_lesion": True} if multi_lesion else {}),
+                                      **({"modality": modality} if modality != "mr" else {})}))
     if folder.is_dir() and any(folder.iterdir()):
         try:
             existing = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
@@ -184,12 +203,15 @@ def make_phantom_dataset(folder, num_cases: int = 6, shape: Sequence[int] = (48,
                          "of 3 numbers.") from exc
     for i in range(num_cases):
         image, label = phantom_case(np.random.default_rng([seed, i]), shape, spacing, multi_lesion)
+        if modality == "ct":
+            image = ct_like(image)
         case_id = f"phantom_{i:03d}"
         for c, channel in enumerate(image):
             write_image(channel, reference, folder / "imagesTr" / f"{case_id}_{c:04d}{FILE_ENDING}")
         write_image(label, reference, folder / "labelsTr" / f"{case_id}{FILE_ENDING}")
-    dataset = {"name": "AsymSeg phantoms", "description": "Synthetic two-channel 3D phantoms with small lesions "
-               "(foreground:background <= 1:100), made by " + GENERATOR, "channel_names": CHANNELS, "labels": LABELS,
+    dataset = {"name": "AsymSeg phantoms", "description": f"Synthetic {'CT-like one' if modality == 'ct' else 'two'}"
+               "-channel 3D phantoms with small lesions (foreground:background <= 1:100), made by " + GENERATOR,
+               "channel_names": {"0": "ct"} if modality == "ct" else CHANNELS, "labels": LABELS,
                "numTraining": num_cases, "file_ending": FILE_ENDING, "generator": GENERATOR, "settings": settings}
     with atomic_output(folder / "dataset.json") as tmp:  # written last: its presence marks a complete dataset
         tmp.write_text(json.dumps(dataset, indent=1), encoding="utf-8")

@@ -11,6 +11,7 @@ Cancel (SIGTERM / SIGINT / ``OUT/STOP``) finishes the iteration and writes ``mod
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import threading
@@ -23,8 +24,9 @@ import numpy as np
 import torch
 
 from . import distributed
+from .checkpointing import ValidationCurve, ValidationDecision
 from .data import LoadedCase, load_case
-from .errors import AsymSegError, DivergenceError, InputError, ResourceError
+from .errors import DivergenceError, InputError, ResourceError
 from .events import EventSink
 from .files import check_writable_folder, write_json
 from .jobspec import LOSSES, Job, load_job
@@ -33,6 +35,7 @@ from .logits import LogitStatistics
 from .losses import AsymmetricLoss, TermLoss, ldam_rarity, logit_adjusted_ce, soft_fbeta_loss
 from .metrics import case_metrics, summarize
 from .network import build_network, load_model_file, load_weights, save_model
+from .planning import plan_job
 from .postprocessing import choose_postprocessing, store_postprocessing
 from .prediction import predict_logits
 from .regularizers import (adversarial_perturbation, choose_patches_to_augment, mixup_batch, mixup_targets,
@@ -42,11 +45,11 @@ from .sampling import PatchSampler
 
 STOP_FILE = "STOP"
 LAST, BEST = "model_last.pt", "model_best.pt"
-JOB_FILE, VALIDATION_FILE = "job.json", "validation.json"
-OUTPUT_FILES = {JOB_FILE, LAST, BEST, VALIDATION_FILE, "logit_statistics_train.json",
+JOB_FILE, VALIDATION_FILE, PLAN_FILE = "job.json", "validation.json", "plan.json"
+OUTPUT_FILES = {JOB_FILE, LAST, BEST, VALIDATION_FILE, PLAN_FILE, "logit_statistics_train.json",
                 "logit_statistics_validation.json", "events.jsonl", "log.txt", STOP_FILE, LOCK_FILE}
 """Every file ``train`` writes in its output folder (protocol.md, "Output folder of train")."""
-_TEMPORARY = re.compile(r"^\.(model_last|model_best|job|validation|logit_statistics_\w+)\.[0-9a-f]{8}\.tmp\.\w+$")
+_TEMPORARY = re.compile(r"^\.(model_last|model_best|job|validation|plan|logit_statistics_\w+)\.[0-9a-f]{8}\.tmp\.\w+$")
 """files.atomic_output's temporary files of those outputs: left behind only by a killed run."""
 RESUMABLE_CHANGES = {"iterations", "device", "amp", "output"}
 """Job fields ``--resume`` may change; any other difference means another run."""
@@ -130,6 +133,7 @@ class Trainer:
         self.world = distributed.world_from_environment()
         self.device = distributed.start(self.world, resolve_device(job.device))
         self.amp = job.amp and self.device.type == "cuda"
+        self.plan: Optional[dict] = None
 
     # ---------------------------------------------------------------- setup
     def _prepare_output(self, resume: bool) -> None:
@@ -144,9 +148,10 @@ class Trainer:
         names = {p.name for p in self.out.iterdir()}
         temporary = {n for n in names if _TEMPORARY.match(n)}
         # A new run finds at most what a run that failed before training left: its log, its events and
-        # the job.json the engine wrote for this folder. A user's own job.json, STOP or validation.json is kept.
+        # the job.json and plan.json the engine wrote for this folder. A user's own job.json, STOP or validation.json
+        # is kept.
         own = OUTPUT_FILES if resume or names & {LAST, BEST} else \
-            {"events.jsonl", "log.txt", LOCK_FILE} | ({JOB_FILE} if self._engine_job_file() else set())
+            {"events.jsonl", "log.txt", LOCK_FILE} | ({JOB_FILE, PLAN_FILE} if self._engine_job_file() else set())
         foreign = sorted(names - own - temporary)
         if foreign:
             raise InputError(f"The output folder {self.out} holds files AsymSeg did not write: "
@@ -175,7 +180,12 @@ class Trainer:
             raise InputError(f"--resume was given but {self.out / LAST} does not exist.",
                              "Start a new run without --resume (in a new folder), or give the output folder of the "
                              "run to continue; nothing was changed.")
-        before = load_job(self.out / JOB_FILE).to_dict() if (self.out / JOB_FILE).is_file() else {}
+        before = load_job(self.out / JOB_FILE) if (self.out / JOB_FILE).is_file() else None
+        if before is not None:
+            self.job.apply_plan(before.given())  # a resumed run keeps its plan
+        if (self.out / PLAN_FILE).is_file():
+            self.plan = json.loads((self.out / PLAN_FILE).read_text(encoding="utf-8"))
+        before = before.to_dict() if before is not None else {}
         now = self.job.to_dict()
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
         if changed:
@@ -183,13 +193,23 @@ class Trainer:
                              "Resume with the same job (only iterations, device and amp may change), or start a "
                              "new run in a new folder; nothing was changed.")
 
+    def _plan(self) -> None:
+        """Fill the settings the job leaves out from a plan of its training cases and this device (rank 0 plans,
+        every rank uses its plan); ``plan.json``, a ``plan`` event and the log say what was chosen and why."""
+        self.plan = distributed.on_main(self.world, lambda: plan_job(self.job, self.device, self.sink),
+                                        "Rank 0 could not plan the run")
+        self.job.apply_plan(self.plan["settings"])
+        if self.world.main:
+            write_json(self.out / PLAN_FILE, self.plan)
+            self.sink.emit("plan", plan=self.plan)
+
     def _load_cases(self) -> None:
         job = self.job
         specs = [c for c in job.cases if c.role in ("train", "validation")]
         self.cases: List[LoadedCase] = []
         for i, spec in enumerate(specs, 1):
             self.sink.emit("progress", phase="load", iteration=i, total=len(specs), case=spec.id)
-            self.cases.append(load_case(spec, job.class_map, job.normalization, job.target_spacing))
+            self.cases.append(load_case(spec, job.class_map, job.normalization, job.spacing))
         self.train_cases = [c for c in self.cases if c.role == "train"]
         self.val_cases = [c for c in self.cases if c.role == "validation"]
         depths = {c.image.shape[1] for c in self.cases}
@@ -219,10 +239,10 @@ class Trainer:
         job = self.job
         return {"class_names": job.class_map.names, **job.class_map.to_dict(), "rarity": job.rarity,
                 "channels": job.channels, "normalization": job.normalization.to_dict(),
-                "target_spacing": job.target_spacing, "network": job.network, "spatial_dims": self.spatial_dims,
+                "target_spacing": job.spacing, "network": job.network, "spatial_dims": self.spatial_dims,
                 "patch_size": job.patch_size, "technique": job.technique.to_dict(), "loss": job.loss,
-                "versions": versions(), "seed": job.seed, "iterations": job.iterations,
-                "validation": {"best_mean_dsc": self.best_dsc, "history": self.history}}
+                "versions": versions(), "seed": job.seed, "iterations": job.iterations, "plan": self.plan,
+                "validation": {**self.curve.to_dict(), "history": self.history}}
 
     def _build(self, resume: bool) -> int:
         """Network, optimiser, loss and the weights to start from; returns the iteration to start from.
@@ -278,12 +298,11 @@ class Trainer:
         load_weights(self.model, state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.model_path = self.out / BEST if (self.out / BEST).exists() else last
-        validation = meta.get("validation") or {}
-        self.best_dsc = float(validation.get("best_mean_dsc", -1.0))
-        self.history = list(validation.get("history", []))
+        self.history = list((meta.get("validation") or {}).get("history", []))
         start = int(state["iteration"])
-        self.sink.log(f"Resuming from {last} at iteration {start}" +
-                      (f" (best validation mean DSC so far {self.best_dsc:.3f})." if self.history else "."))
+        self.sink.log(f"Resuming from {last} at iteration {start}" + (
+            f" (best smoothed validation mean DSC so far {ValidationCurve(history=self.history).best_smoothed:.3f})."
+            if self.history else "."))
         return start
 
     def _load_initial_checkpoint(self) -> None:
@@ -377,8 +396,9 @@ class Trainer:
         return predict_logits(self.model, case.image, self.job.patch_size, self.device, self.spatial_dims,
                               amp=self.amp)
 
-    def _validate(self, iteration: int) -> bool:
-        """Validation metrics at ``iteration`` (a ``validation`` event); True when the mean DSC is the best so far."""
+    def _validate(self, iteration: int) -> ValidationDecision:
+        """Validation metrics at ``iteration`` (a ``validation`` event) and what they mean for the checkpoint choice
+        (checkpointing.ValidationCurve: the smoothed mean DSC)."""
         names = self.job.class_map.names
         per_class = {name: {"dsc": [], "sensitivity": [], "precision": []} for name in names[1:]}
         for case in self.val_cases:
@@ -390,12 +410,13 @@ class Trainer:
         self.model.train()
         metrics = {name: {k: summarize(v)["mean"] for k, v in d.items()} for name, d in per_class.items()}
         dscs = [m["dsc"] for m in metrics.values() if m["dsc"] is not None]
-        mean_dsc = float(np.mean(dscs)) if dscs else 0.0
-        best = mean_dsc > self.best_dsc
-        self.best_dsc = max(self.best_dsc, mean_dsc)
-        self.history.append({"iteration": iteration, "metrics": metrics, "mean_dsc": mean_dsc})
-        self.sink.emit("validation", iteration=iteration, metrics=metrics, mean_dsc=mean_dsc, best=best)
-        return best
+        mean_dsc = float(np.mean(dscs)) if dscs else math.nan
+        decision = self.curve.update(iteration, mean_dsc, self.job.iterations)
+        self.history.append({"iteration": iteration, "metrics": metrics, "mean_dsc": decision.to_dict()["mean_dsc"],
+                             "smoothed_mean_dsc": decision.to_dict()["smoothed"]})
+        self.sink.emit("validation", iteration=iteration, metrics=metrics, mean_dsc=mean_dsc,
+                       smoothed_mean_dsc=decision.smoothed, best=decision.best)
+        return decision
 
     def _checkpoint(self, kind: str, iteration: int) -> Optional[Path]:
         """Save the model (rank 0 only: the ranks' weights are identical)."""
@@ -440,17 +461,8 @@ class Trainer:
     def run(self, resume: bool = False) -> TrainResult:
         """Train the job in its output folder, which stays locked for the run (another run there fails at once)."""
         try:
-            error = None
-            if self.world.main:  # rank 0 owns the output folder; the other ranks learn its verdict
-                try:
-                    self._prepare_output(resume)
-                except AsymSegError as exc:
-                    error = exc
-            message = distributed.error_message(self.world, error)
-            if error is not None:
-                raise error
-            if message is not None:
-                raise InputError(f"Rank 0 refused the run: {message}", "See the error of rank 0.")
+            # rank 0 owns the output folder; the other ranks learn its verdict
+            distributed.on_main(self.world, lambda: self._prepare_output(resume), "Rank 0 refused the run")
             return self._run(resume)
         finally:
             if self.lock is not None:
@@ -458,10 +470,15 @@ class Trainer:
 
     def _run(self, resume: bool) -> TrainResult:
         job = self.job
-        if self.world.main:
-            write_json(self.out / JOB_FILE, job.to_dict())
         self.sink.emit("start", command="train", config=job.to_dict(), device=str(self.device), versions=versions(),
                        output=str(self.out), world_size=self.world.size)
+        # a resumed run keeps its plan (rank 0 read it from the folder); every rank must agree on what is left to plan
+        filled, self.plan = distributed.from_main(self.world, (job.given(), self.plan))
+        job.apply_plan(filled)
+        if job.unplanned():
+            self._plan()
+        if self.world.main:
+            write_json(self.out / JOB_FILE, job.to_dict())
         seed_everything(job.seed)
         self._load_cases()
         rare_classes = [j for j, r in enumerate(job.rarity) if r > 0]
@@ -473,8 +490,9 @@ class Trainer:
                              "Check the label maps and the 'classes' mapping of label values, or add cases that "
                              "show the structure.")
         self._check_validation_labels()
-        self.best_dsc, self.history = -1.0, []
+        self.history = []
         start = self._build(resume)
+        self.curve = ValidationCurve(history=self.history)
         stop = StopRequest(self.out)
         stop.install()
         try:
@@ -488,6 +506,9 @@ class Trainer:
             write_json(self.out / VALIDATION_FILE, self.history)
             outputs["validation"] = str(self.out / VALIDATION_FILE)
         if status == "finished" and self.val_cases:
+            chosen = self.curve.best_iteration if self.model_path.name == BEST else iteration
+            self.sink.emit("checkpoint", kind="chosen", path=str(self.model_path), iteration=chosen,
+                           reason=self.curve.choice_sentence(job.iterations, self.model_path.name))
             self._choose_postprocessing()
         if status == "finished" and job.logit_statistics:
             outputs.update(self._logit_statistics())
@@ -528,9 +549,18 @@ class Trainer:
                 self._checkpoint("last", iteration)
                 return "cancelled", iteration
             if iteration % job.validation_interval == 0 or iteration == total_its:
-                if self.val_cases and self.world.main and self._validate(iteration):
-                    self._checkpoint("best", iteration)
+                plateau = False
+                if self.val_cases and self.world.main:
+                    decision = self._validate(iteration)
+                    if decision.best:
+                        self._checkpoint("best", iteration)
+                    plateau = job.early_stopping and decision.plateau
                 self._checkpoint("last", iteration)
+                if distributed.any_rank(self.world, plateau, self.device):
+                    if self.world.main:
+                        self.sink.log(f"Early stopping at iteration {iteration} of {total_its}: "
+                                      f"{self.curve.stop_sentence()}.")
+                    return "finished", iteration
         if start >= total_its:
             self.sink.log(f"Nothing to do: the model already has {start} of {total_its} iterations.")
         return "finished", iteration

@@ -7,6 +7,9 @@ import pytest
 
 BRATS = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset001_BraTS2015_DeepMedic6"
 TINY_NETWORK = {"name": "unet", "channels": [4, 8], "strides": [2], "num_res_units": 1}
+UNPLANNED = {"normalization": {"mode": "zscore"}, "target_spacing": "native", "learning_rate": 1e-3}
+"""With these, a network, patch and batch size, iterations and a validation interval, a job leaves nothing to the
+plan: Trainer methods can then be called one by one."""
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 

@@ -1,9 +1,10 @@
-"""Reading annotations as label arrays in the geometry of a case's first channel.
+"""Reading annotations and ROI masks as arrays in the geometry of a case's first channel.
 
 Qt-free. A labelmap volume is read as it is (its raw label values). A segmentation is
-exported, all segments at once, onto the reference volume's voxel grid through a temporary
-labelmap node that is removed again (with the display and colour nodes the export adds), so
-the scene ends as it began and the segmentation itself is never modified.
+exported, all segments at once (or the chosen ones, for a mask), onto the reference volume's
+voxel grid through a temporary labelmap node that is removed again (with the display and
+colour nodes the export adds), so the scene ends as it began and the segmentation itself is
+never modified.
 """
 
 from __future__ import annotations
@@ -67,18 +68,31 @@ def readAnnotation(annotation, referenceVolume) -> AnnotationArray:
     return _exportSegmentation(annotation, referenceVolume)
 
 
-def _exportSegmentation(segmentationNode, referenceVolume) -> AnnotationArray:
+def readMask(mask, segmentId: str, referenceVolume) -> np.ndarray:
+    """An ROI mask as a boolean (k, j, i) array on ``referenceVolume``'s grid: a labelmap's non-zero
+    voxels (it must already share the grid), or segment ``segmentId`` of a segmentation ("" = all)."""
+    if isLabelmap(mask):
+        return readAnnotation(mask, referenceVolume).array != 0
+    if not isSegmentation(mask):
+        raise ValueError(f"ROI mask '{mask.GetName()}' is neither a labelmap volume nor a segmentation.")
+    if segmentId and mask.GetSegmentation().GetSegment(segmentId) is None:
+        raise ValueError(f"ROI mask segment '{segmentId}' is not in segmentation '{mask.GetName()}'.")
+    return _exportSegmentation(mask, referenceVolume, [segmentId] if segmentId else None).array != 0
+
+
+def _exportSegmentation(segmentationNode, referenceVolume, segmentIds=None) -> AnnotationArray:
+    """Export the segments ``segmentIds`` (None: all) onto the reference grid, one provisional value each."""
     import slicer
     import vtk
 
     segmentation = segmentationNode.GetSegmentation()
     ids = vtk.vtkStringArray()
     segments = []
-    for index in range(segmentation.GetNumberOfSegments()):
-        segmentId = segmentation.GetNthSegmentID(index)
+    allIds = [segmentation.GetNthSegmentID(index) for index in range(segmentation.GetNumberOfSegments())]
+    for segmentId in allIds if segmentIds is None else segmentIds:
         segment = segmentation.GetSegment(segmentId)
         ids.InsertNextValue(segmentId)
-        segments.append(SegmentInfo(segmentId, segment.GetName(), tuple(segment.GetColor()), index + 1))
+        segments.append(SegmentInfo(segmentId, segment.GetName(), tuple(segment.GetColor()), len(segments) + 1))
     shape = tuple(reversed(referenceVolume.GetImageData().GetDimensions()))
     if not segments:
         return AnnotationArray(np.zeros(shape, np.uint8), [], {}, {})

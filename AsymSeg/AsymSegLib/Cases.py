@@ -1,8 +1,9 @@
-"""The Training data panel's model: cases (channels + annotation + role) and their checks.
+"""The Training data panel's model: cases (channels + annotation + ROI mask + role) and their checks.
 
 Qt-free. A case is a list of scalar volume nodes, one per channel in the same channel order
-for every case, plus an annotation (labelmap volume or segmentation node) and a role. The
-checks return ``Issue`` objects that the panel shows inline next to the row they concern;
+for every case, plus an annotation (labelmap volume or segmentation node), an optional ROI
+mask (a labelmap volume, non-zero = inside, or a segment of a segmentation node) and a role.
+The checks return ``Issue`` objects that the panel shows inline next to the row they concern;
 errors block Start, warnings do not.
 """
 
@@ -23,6 +24,8 @@ class CaseInput:
     annotation: object = None                   # vtkMRMLLabelMapVolumeNode / vtkMRMLSegmentationNode / None
     role: str = "train"
     name: str = ""                              # optional; defaults to the first channel's node name
+    mask: object = None                         # ROI: vtkMRMLLabelMapVolumeNode / vtkMRMLSegmentationNode / None
+    maskSegment: str = ""                       # segment ID of a segmentation mask; "" = all its segments
 
     @property
     def reference(self):
@@ -124,34 +127,55 @@ def _checkCase(index: int, case: CaseInput, channelCount: int, seen: dict) -> li
             seen[node.GetID()] = index
     reference = case.reference
     refOk = isScalarVolume(reference) and reference.GetImageData() is not None
+    refGeometry = Geometry.fromVolume(reference) if refOk else None  # None: nothing to compare with
+    refTransformed = refOk and hasParentTransform(reference)
     if refOk:
-        refGeometry = Geometry.fromVolume(reference)
         for channel, node in enumerate(case.images[1:], start=2):
             if isScalarVolume(node) and node.GetImageData() is not None:
                 diff = refGeometry.differences(Geometry.fromVolume(node))
                 if diff:
                     add("error", f"Geometry of channel {channel} differs from channel 1: {'; '.join(diff)}.",
                         "Resample it onto channel 1 (Resample Scalar/Vector/DWI Volume module)")
-    annotation = case.annotation
-    if annotation is None:
+    if case.annotation is None:
         add("error", "No annotation chosen.", "Choose a labelmap volume or a segmentation with the ground truth")
-    elif isLabelmap(annotation):
-        if annotation.GetImageData() is None:
-            add("error", f"Labelmap '{annotation.GetName()}' has no voxels.")
-        elif refOk:
-            diff = refGeometry.differences(Geometry.fromVolume(annotation))
+    else:
+        _checkLabelNode(case.annotation, "", refGeometry, refTransformed, add,
+                        "Resample the labelmap, or convert it to a segmentation (exported in channel 1's geometry)")
+    if case.mask is not None:
+        _checkLabelNode(case.mask, "ROI mask ", refGeometry, refTransformed, add,
+                        "Resample the mask onto channel 1, or use a segment (exported in channel 1's geometry)")
+        if isSegmentation(case.mask) and case.maskSegment and \
+                case.mask.GetSegmentation().GetSegment(case.maskSegment) is None:
+            add("error", f"ROI mask segment '{case.maskSegment}' is not in segmentation '{case.mask.GetName()}'.",
+                "Choose one of its segments again")
+    return issues
+
+
+def _checkLabelNode(node, role: str, refGeometry, refTransformed: bool, add, resampleHint: str) -> None:
+    """Checks shared by a case's annotation (``role`` "") and its ROI mask (``role`` "ROI mask "): a
+    labelmap must have voxels on channel 1's grid (``refGeometry``; None: not comparable), a segmentation
+    segments; a transform that only one of them and channel 1 (``refTransformed``) is under is ignored by
+    the export."""
+    name = node.GetName()
+    if isLabelmap(node):
+        if node.GetImageData() is None:
+            add("error", _sentence(f"{role}labelmap '{name}' has no voxels."))
+        elif refGeometry is not None:
+            diff = refGeometry.differences(Geometry.fromVolume(node))
             if diff:
-                add("error", f"Geometry of labelmap '{annotation.GetName()}' differs from channel 1: "
-                             f"{'; '.join(diff)}.",
-                    "Resample the labelmap, or convert it to a segmentation (exported in channel 1's geometry)")
-        if hasParentTransform(annotation):
-            add("warning", f"'{annotation.GetName()}' is under a transform, which the export ignores.")
-    elif isSegmentation(annotation):
-        if annotation.GetSegmentation().GetNumberOfSegments() == 0:
-            add("error", f"Segmentation '{annotation.GetName()}' has no segments.")
-        if hasParentTransform(annotation) != (refOk and hasParentTransform(reference)):
-            add("warning", f"'{annotation.GetName()}' and channel 1 are under different transforms; "
+                add("error", f"Geometry of {role}labelmap '{name}' differs from channel 1: {'; '.join(diff)}.",
+                    resampleHint)
+        if hasParentTransform(node):
+            add("warning", f"'{name}' is under a transform, which the export ignores.")
+    elif isSegmentation(node):
+        if node.GetSegmentation().GetNumberOfSegments() == 0:
+            add("error", _sentence(f"{role}segmentation '{name}' has no segments."))
+        if hasParentTransform(node) != refTransformed:
+            add("warning", f"'{name}' and channel 1 are under different transforms; "
                            "the export uses untransformed coordinates.")
     else:
-        add("error", f"'{annotation.GetName()}' is neither a labelmap volume nor a segmentation.")
-    return issues
+        add("error", _sentence(f"{role}'{name}' is neither a labelmap volume nor a segmentation."))
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]

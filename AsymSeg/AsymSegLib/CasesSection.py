@@ -1,6 +1,7 @@
 """Section 1, Training data (Qt): channel names, one row per case, problems shown inline.
 
-Each row holds one volume per channel, an annotation (labelmap or segmentation) and a role.
+Each row holds one volume per channel, an annotation (labelmap or segmentation), an optional
+ROI mask (a labelmap, or a segmentation with the segment to use) and a role.
 The table is kept in the parameter node through the injected ``CaseStoreProtocol``, so a
 saved scene restores it; ``changed`` is emitted after every edit (already saved and checked).
 """
@@ -11,14 +12,16 @@ from typing import Optional
 
 import qt
 
-from .Cases import ROLES, CaseInput, Issue
+from .Cases import ROLES, CaseInput, Issue, isSegmentation
 from .CaseStore import CaseStoreProtocol
 from .Logic import TrainingLogicProtocol
-from .QtUtils import (ERROR_COLOR, OK_COLOR, WARNING_COLOR, nodeSelector, richText, setTableColumns, setTableRow,
-                      volumeSelector)
+from .QtUtils import (ERROR_COLOR, OK_COLOR, WARNING_COLOR, comboData, nodeSelector, richText, setTableColumns,
+                      setTableRow, sideBySide, volumeSelector)
 from .Signal import Signal
 
 DEFAULT_CHANNEL = "image"
+ALL_SEGMENTS = ("all segments", "")  # (label, segment ID) of the union of a segmentation mask's segments
+LABEL_NODE_TYPES = ["vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode"]
 
 
 class CaseRow:
@@ -26,23 +29,47 @@ class CaseRow:
 
     def __init__(self, channelCount: int):
         self.channelSelectors = [volumeSelector("Input volume of this channel") for _ in range(channelCount)]
-        self.annotationSelector = nodeSelector(["vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode"],
-                                               "Annotation: a labelmap volume or a segmentation")
+        self.annotationSelector = nodeSelector(LABEL_NODE_TYPES, "Annotation: a labelmap volume or a segmentation")
+        self.maskSelector = nodeSelector(LABEL_NODE_TYPES, "Optional region of interest: a labelmap (non-zero = "
+                                                           "inside) or a segmentation; normalisation statistics, "
+                                                           "background patches and logit statistics stay inside it")
+        self.maskSegmentSelector = qt.QComboBox()
+        self.maskSegmentSelector.toolTip = "The segment of the mask segmentation that is the region of interest"
+        self.maskCell = sideBySide(self.maskSelector, self.maskSegmentSelector)
+        self.maskSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.listMaskSegments)
+        self.listMaskSegments(None)
         self.roleSelector = qt.QComboBox()
         for role in ROLES:
             self.roleSelector.addItem(role)
         self.roleSelector.toolTip = "train: used for training; validation: unseen, for metrics and histograms"
         self.statusLabel = qt.QLabel()
 
+    def listMaskSegments(self, mask) -> None:
+        """The segments of a segmentation mask to choose from (hidden for a labelmap or no mask)."""
+        combo = self.maskSegmentSelector
+        combo.blockSignals(True)  # the row changes once, with the mask node
+        combo.clear()
+        if isSegmentation(mask):
+            combo.addItem(*ALL_SEGMENTS)
+            segmentation = mask.GetSegmentation()
+            for index in range(segmentation.GetNumberOfSegments()):
+                combo.addItem(segmentation.GetNthSegment(index).GetName(), segmentation.GetNthSegmentID(index))
+        combo.blockSignals(False)
+        combo.setVisible(isSegmentation(mask))
+
     def setCase(self, case: CaseInput) -> None:
         for selector, image in zip(self.channelSelectors, case.images):
             selector.setCurrentNode(image)
         self.annotationSelector.setCurrentNode(case.annotation)
+        self.maskSelector.setCurrentNode(case.mask)
+        self.maskSegmentSelector.setCurrentIndex(max(self.maskSegmentSelector.findData(case.maskSegment), 0))
         self.roleSelector.setCurrentIndex(max(self.roleSelector.findText(case.role), 0))
 
     def toCase(self) -> CaseInput:
+        mask = self.maskSelector.currentNode()
         return CaseInput([s.currentNode() for s in self.channelSelectors], self.annotationSelector.currentNode(),
-                         self.roleSelector.currentText)
+                         self.roleSelector.currentText, mask=mask,
+                         maskSegment=(comboData(self.maskSegmentSelector) or "") if isSegmentation(mask) else "")
 
     def showIssues(self, issues: list[Issue]) -> None:
         if any(i.isError for i in issues):
@@ -101,7 +128,7 @@ class CasesSection:
         wasUpdating, self._updating = self._updating, True
         try:
             table.clearContents()
-            setTableColumns(table, channels + ["Annotation", "Role", "Check"])
+            setTableColumns(table, channels + ["Annotation", "ROI mask (optional)", "Role", "Check"])
             table.setRowCount(0)
             self.rows = []
             for case in cases:
@@ -116,10 +143,11 @@ class CasesSection:
         index = self.ui.casesTable.rowCount
         self.ui.casesTable.insertRow(index)
         setTableRow(self.ui.casesTable, index,
-                    [*row.channelSelectors, row.annotationSelector, row.roleSelector, row.statusLabel])
-        for selector in [*row.channelSelectors, row.annotationSelector]:
+                    [*row.channelSelectors, row.annotationSelector, row.maskCell, row.roleSelector, row.statusLabel])
+        for selector in [*row.channelSelectors, row.annotationSelector, row.maskSelector]:
             selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onCasesChanged)
-        row.roleSelector.connect("currentIndexChanged(int)", self.onCasesChanged)
+        for combo in (row.roleSelector, row.maskSegmentSelector):
+            combo.connect("currentIndexChanged(int)", self.onCasesChanged)
         self.rows.append(row)
 
     def onChannelNamesChanged(self) -> None:

@@ -4,6 +4,7 @@ Qt-free. Labelmap classes are keyed by raw label value (named from a user colour
 else ``label_<v>``); segmentation classes by segment name, merged with a labelmap class of
 the same name, else given the next free label value. Label value 0 is always 'background'.
 Counts are over the training cases (all annotated cases when none is a training case).
+The same reading pass checks that each ROI mask has a voxel inside.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .Annotations import readAnnotation
+from .Annotations import readAnnotation, readMask
 from .Cases import CaseInput, Issue, isLabelmap, isScalarVolume, isSegmentation
 
 BACKGROUND = "background"
@@ -108,12 +109,15 @@ class ClassAnalysis:
 
 
 def discoverClasses(cases: list[CaseInput]) -> ClassAnalysis:
-    """Read every usable annotation once: classes, voxel counts and voxel-level issues."""
+    """Read every usable annotation once: classes, voxel counts and voxel-level issues (also of the ROI masks)."""
     issues: list[Issue] = []
     readable = []
     for index, case in enumerate(cases):
         annotation, reference = case.annotation, case.reference
-        if annotation is None or not isScalarVolume(reference) or reference.GetImageData() is None:
+        if not isScalarVolume(reference) or reference.GetImageData() is None:
+            continue
+        issues += _maskIssues(index, case)
+        if annotation is None:
             continue
         if not (isLabelmap(annotation) or isSegmentation(annotation)):
             continue
@@ -188,6 +192,19 @@ def discoverClasses(cases: list[CaseInput]) -> ClassAnalysis:
                                                    f"segments in '{case.annotation.GetName()}'.", index))
     catalog.suggestRarity()
     return ClassAnalysis(catalog, issues, segmentValues)
+
+
+def _maskIssues(index: int, case: CaseInput) -> list[Issue]:
+    """An ROI mask with no voxel inside: the engine would have nothing to normalise or sample in."""
+    mask = case.mask
+    if mask is None or (isLabelmap(mask) and mask.GetImageData() is None):
+        return []
+    try:
+        inside = readMask(mask, case.maskSegment, case.reference).any()
+    except (RuntimeError, ValueError):  # not a mask node, or a missing segment: checkCases names the problem
+        return []
+    return [] if inside else [Issue("error", f"ROI mask '{mask.GetName()}' is empty: no voxel is inside.", index,
+                                    "Choose the mask (or segment) that covers the region of interest, or none")]
 
 
 def _segmentCounts(array: np.ndarray, mapping: dict) -> dict:

@@ -82,6 +82,11 @@ class ProgressEvent(Event):
 
 
 @dataclass
+class PlanEvent(Event):
+    plan: dict = field(default_factory=dict, repr=False)  # the training plan (read by Plans.TrainingPlan)
+
+
+@dataclass
 class ValidationEvent(Event):
     iteration: int = 0
     metrics: dict = field(default_factory=dict)   # class -> {dsc, sensitivity, precision}
@@ -117,7 +122,8 @@ class DoneEvent(Event):
     outputs: dict = field(default_factory=dict)
 
 
-def _number(value) -> Optional[float]:
+def optionalNumber(value) -> Optional[float]:
+    """A JSON number as a float; None for null, booleans and anything else."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
@@ -127,7 +133,7 @@ def _int(value, default: int = 0) -> int:
 
 def eventFromDict(d: dict) -> Event:
     """Build the typed event of a protocol dictionary; unknown types become log lines."""
-    kind, stamp = d.get("type"), _number(d.get("time")) or 0.0
+    kind, stamp = d.get("type"), optionalNumber(d.get("time")) or 0.0
     try:
         eventType = EventType(kind)
     except ValueError:
@@ -139,13 +145,16 @@ def eventFromDict(d: dict) -> Event:
                           output=str(d.get("output", "")))
     if eventType is EventType.PROGRESS:
         return ProgressEvent(**common, phase=str(d.get("phase", "")), iteration=_int(d.get("iteration")),
-                             total=_int(d.get("total")), loss=_number(d.get("loss")), terms=d.get("terms") or {},
-                             lr=_number(d.get("lr")), iterationsPerSecond=_number(d.get("iterations_per_second")),
-                             etaSeconds=_number(d.get("eta_seconds")),
+                             total=_int(d.get("total")), loss=optionalNumber(d.get("loss")),
+                             terms=d.get("terms") or {}, lr=optionalNumber(d.get("lr")),
+                             iterationsPerSecond=optionalNumber(d.get("iterations_per_second")),
+                             etaSeconds=optionalNumber(d.get("eta_seconds")),
                              case=None if d.get("case") is None else str(d.get("case")))
+    if eventType is EventType.PLAN:
+        return PlanEvent(**common, plan=d.get("plan") if isinstance(d.get("plan"), dict) else {})
     if eventType is EventType.VALIDATION:
         return ValidationEvent(**common, iteration=_int(d.get("iteration")), metrics=d.get("metrics") or {},
-                               meanDsc=_number(d.get("mean_dsc")), best=bool(d.get("best")))
+                               meanDsc=optionalNumber(d.get("mean_dsc")), best=bool(d.get("best")))
     if eventType is EventType.WARNING:
         return WarningEvent(**common, message=str(d.get("message", "")), hint=str(d.get("hint") or ""))
     if eventType is EventType.CHECKPOINT:

@@ -1,8 +1,11 @@
 """Training settings (the Technique panel) and the job spec they become (docs/protocol.md).
 
 Qt-free. ``TrainingSettings`` is what the panel edits, with the engine's job defaults and
-ranges (``protocol.json``); ``buildJob`` combines it with an ``ExportResult`` into the job
-dictionary; ``writeJob`` writes ``job.json``.
+ranges (``protocol.json``). The settings the engine plans from the data and the device
+(``PLANNED_FIELDS``) are None, "auto", unless the user sets them: ``buildJob`` leaves an
+auto setting out of the job, so the engine plans it, and writes a set one, which the engine
+keeps (its plan says ``source: user``). ``buildJob`` combines the settings with an
+``ExportResult`` into the job dictionary; ``writeJob`` writes ``job.json``.
 """
 
 from __future__ import annotations
@@ -11,12 +14,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from .Presets import RECOMMENDED, techniqueSpec
 from .Protocol import jobDefault, jobFields, protocol
 
 DEVICE_AUTO = jobDefault("device")
+NATIVE_SPACING = "native"  # target_spacing: train on the images' own grid (no resampling)
+# job fields the engine plans when the job leaves them out (protocol.json: default null, "planned")
+PLANNED_FIELDS = ("target_spacing", "patch_size", "batch_size", "network", "normalization", "iterations",
+                  "learning_rate", "validation_interval")
 
 
 def _outOfRange(name: str, value: float) -> bool:
@@ -27,48 +34,72 @@ def _outOfRange(name: str, value: float) -> bool:
     return tooLow or (high is not None and value > high)
 
 
+def _rangeText(name: str) -> str:
+    """The engine's range of job field ``name`` in words: 'at least 1', 'in (0, 1]'."""
+    spec = jobFields()[name]
+    low, high, isOpen = spec.get("minimum"), spec.get("maximum"), spec.get("minimum_open")
+    if high is None:
+        return f"{'above' if isOpen else 'at least'} {low:g}"
+    return f"in {'(' if isOpen else '['}{low:g}, {high:g}]"
+
+
+# (job field, TrainingSettings attribute, label) of the numbers checked against the engine's range
+_RANGED = (("iterations", "iterations", "Iterations"), ("batch_size", "batchSize", "Batch size"),
+           ("learning_rate", "learningRate", "Learning rate"),
+           ("validation_interval", "validationInterval", "Validation interval"),
+           ("time_budget_minutes", "timeBudgetMinutes", "Time budget (minutes)"))
+
+
 @dataclass
 class TrainingSettings:
+    """The panel's training settings; None in a planned setting means auto (the engine plans it)."""
+
     preset: str = RECOMMENDED
     technique: dict = field(default_factory=dict)  # values shown for the preset's settings
-    iterations: int = jobDefault("iterations")
-    patchSize: tuple = tuple(jobDefault("patch_size"))  # (z, y, x) voxels
-    batchSize: int = jobDefault("batch_size")
-    learningRate: float = jobDefault("learning_rate")
-    validationInterval: int = jobDefault("validation_interval")
+    iterations: Optional[int] = None                # auto: fitted to timeBudgetMinutes
+    patchSize: Optional[tuple] = None               # (z, y, x) voxels
+    batchSize: Optional[int] = None
+    learningRate: Optional[float] = None
+    validationInterval: Optional[int] = None
+    targetSpacing: Union[None, str, tuple] = None   # auto, NATIVE_SPACING or (z, y, x) mm
+    timeBudgetMinutes: float = jobDefault("time_budget_minutes")  # what planned iterations are fitted to
+    earlyStopping: bool = jobDefault("early_stopping")
     device: str = DEVICE_AUTO
     initialModel: str = ""
     loss: str = jobDefault("loss")
-    network: Optional[dict] = None                 # engine default when None
-    extra: dict = field(default_factory=dict)      # further job keys, passed through
+    network: Optional[dict] = None                  # planned when None
+    extra: dict = field(default_factory=dict)       # further job keys, passed through
 
     def downsamplingFactor(self) -> int:
-        """Product of the network's strides (the engine's default network when none is set)."""
-        network = self.network or jobDefault("network")
-        defaults = protocol()["job"]["choices"]["network"][network.get("name", jobDefault("network")["name"])]
-        strides = network.get("strides", defaults["strides"])
+        """Product of the network's strides; without a network, the engine's default one (which it
+        checks a set patch size against)."""
+        choices = protocol()["job"]["choices"]["network"]
+        network = self.network or {}
+        strides = network.get("strides", choices[network.get("name", next(iter(choices)))]["strides"])
         factor = 1
         for stride in strides:
             factor *= int(stride if isinstance(stride, int) else max(stride))
         return max(factor, 1)
 
     def problems(self) -> list[str]:
-        found = []
-        if _outOfRange("iterations", self.iterations):
-            found.append("Iterations must be at least 1.")
-        if len(self.patchSize) != 3 or any(int(p) < 1 for p in self.patchSize):
-            found.append("Patch size needs three positive sizes (z, y, x).")
-        else:
-            factor = self.downsamplingFactor()
-            bad = [int(p) for p in self.patchSize if int(p) != 1 and int(p) % factor]
-            if bad:
-                found.append(f"Patch sizes {bad} are not multiples of {factor} (the network halves the patch "
-                             f"{factor.bit_length() - 1} times); use 1 for z on 2D images.")
-        if _outOfRange("batch_size", self.batchSize):
-            found.append("Batch size must be at least 1.")
-        if _outOfRange("learning_rate", self.learningRate):
-            spec = jobFields()["learning_rate"]
-            found.append(f"Learning rate must lie in ({spec['minimum']:g}, {spec['maximum']:g}].")
+        """What the engine would refuse in the set values (auto ones are the engine's to choose)."""
+        found = [f"{label} must be {_rangeText(name)}." for name, attribute, label in _RANGED
+                 if getattr(self, attribute) is not None and _outOfRange(name, getattr(self, attribute))]
+        if self.patchSize is not None:
+            if len(self.patchSize) != 3 or any(int(p) < 1 for p in self.patchSize):
+                found.append("Patch size needs three positive sizes (z, y, x), or auto for all three.")
+            else:
+                factor = self.downsamplingFactor()
+                bad = [int(p) for p in self.patchSize if int(p) != 1 and int(p) % factor]
+                if bad:
+                    found.append(f"Patch sizes {bad} are not multiples of {factor} (the network halves the patch "
+                                 f"{factor.bit_length() - 1} times); use 1 for z on 2D images.")
+        spacing = self.targetSpacing
+        if isinstance(spacing, str):
+            if spacing != NATIVE_SPACING:
+                found.append(f"Target spacing '{spacing}' is unknown: use auto, {NATIVE_SPACING} or three spacings.")
+        elif spacing is not None and (len(spacing) != 3 or any(float(s) <= 0 for s in spacing)):
+            found.append("Target spacing needs three positive spacings in mm (z, y, x).")
         if self.initialModel and not Path(self.initialModel).is_file():
             found.append(f"Initial model file not found: {self.initialModel}")
         try:
@@ -77,9 +108,27 @@ class TrainingSettings:
             found.append(str(error))
         return found
 
+    def plannedFields(self) -> dict:
+        """The planned job fields the user set (auto ones are absent), as job values; the validation
+        interval is at most the iterations when both are set."""
+        spacing = self.targetSpacing
+        interval = self.validationInterval
+        if interval is not None and self.iterations is not None:
+            interval = max(1, min(int(interval), int(self.iterations)))
+        values = {
+            "target_spacing": spacing if spacing is None or isinstance(spacing, str) else [float(s) for s in spacing],
+            "patch_size": None if self.patchSize is None else [int(p) for p in self.patchSize],
+            "batch_size": None if self.batchSize is None else int(self.batchSize),
+            "network": None if not self.network else dict(self.network),
+            "iterations": None if self.iterations is None else int(self.iterations),
+            "learning_rate": None if self.learningRate is None else float(self.learningRate),
+            "validation_interval": None if interval is None else int(interval),
+        }
+        return {name: values[name] for name in PLANNED_FIELDS if values.get(name) is not None}
+
 
 def buildJob(export, settings: TrainingSettings, output: str = "out") -> dict:
-    """The job spec for ``export`` (an ``ExportResult``) trained with ``settings``."""
+    """The job spec for ``export`` (an ``ExportResult``) trained with ``settings``; auto settings are left out."""
     problems = settings.problems()
     if problems:
         raise ValueError(" ".join(problems))
@@ -88,23 +137,19 @@ def buildJob(export, settings: TrainingSettings, output: str = "out") -> dict:
         "version": protocol()["job"]["version"],
         "output": output,
         "channels": list(export.channels),
-        "cases": [{"id": c.id, "images": list(c.images), "label": c.label, "role": c.role} for c in export.cases],
+        "cases": [c.jobCase() for c in export.cases],
         "classes": {name: list(values) for name, values in export.classes.items()},
         "unlisted_labels": "error",
         "rarity": dict(export.rarity),
         "technique": techniqueSpec(settings.preset, settings.technique),
         "loss": settings.loss,
-        "patch_size": [int(p) for p in settings.patchSize],
-        "batch_size": int(settings.batchSize),
-        "iterations": int(settings.iterations),
-        "learning_rate": float(settings.learningRate),
-        "validation_interval": max(1, min(int(settings.validationInterval), int(settings.iterations))),
+        **settings.plannedFields(),
+        "time_budget_minutes": float(settings.timeBudgetMinutes),
+        "early_stopping": bool(settings.earlyStopping),
         "device": settings.device or DEVICE_AUTO,
         "initial_checkpoint": os.fspath(Path(settings.initialModel).resolve()) if settings.initialModel else None,
         "logit_statistics": True,
     }
-    if settings.network:
-        job["network"] = dict(settings.network)
     job.update(settings.extra)
     return job
 

@@ -6,13 +6,15 @@ against ``slicer.mrmlScene``, reached lazily, so this file imports under slicer-
 
 Runs go to the output folder the user chose, else ``defaultOutputFolder()``: a training in
 ``<output>/<date-time>_<preset>`` (``trainingRunFolder``), applying a model in
-``<output>/inference/<date-time>_<first input volume>`` (``inferenceRunFolder``).
+``<output>/inference/<date-time>_<first input volume>`` (``inferenceRunFolder``). Planning a
+training (the engine's ``plan`` command, before Start) exports the same job into a temporary
+folder that is removed when the plan has been read (``preparePlan``, ``startPlan``, ``finishPlan``).
 
 Folder layout of one training run (``runFolder``)::
 
     job.json               the job spec (paths relative to this folder)
     asymseg_module.json    what the module needs afterwards: class colours, channel names
-    images/ labels/        the exported cases
+    images/ labels/ masks/ the exported cases (masks: the ROI masks, when given)
     out/                   the engine's output folder (checkpoints, logit statistics, logs)
 """
 
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,12 +34,14 @@ from .Classes import ClassAnalysis, discoverClasses
 from .EngineProcess import EngineProcess, engineCommand, engineEnvironment, engineFolder, pythonExecutable
 from .JobSpec import TrainingSettings, buildJob, writeJob
 from .LogitPlots import LogitChartSet, LogitHistograms, buildLogitCharts
+from .Plans import TrainingPlan
 from .ResultImport import importMetrics, importPrediction
 from .Runs import EngineTask, RunStatus
 from .SceneExport import exportAnnotation, exportCases, exportVolumes
 
 MODULE_FILE = "asymseg_module.json"
 STOP_FILE = "STOP"
+PLAN_FOLDER_PREFIX = "AsymSegPlan_"
 
 
 class EngineNotFoundError(RuntimeError):
@@ -88,6 +94,10 @@ class TrainingLogicProtocol(Protocol):
     def prepareTraining(self, cases: list, channelNames: list, settings: TrainingSettings, runFolder,
                         analysis: Optional[ClassAnalysis] = None, rarity: Optional[dict] = None) -> PreparedTraining: ...
     def startTraining(self, prepared: PreparedTraining, resume: bool = False) -> EngineTask: ...
+    def preparePlan(self, cases: list, channelNames: list, settings: TrainingSettings,
+                    analysis: Optional[ClassAnalysis] = None, rarity: Optional[dict] = None) -> PreparedTraining: ...
+    def startPlan(self, prepared: PreparedTraining) -> EngineTask: ...
+    def finishPlan(self, task: EngineTask) -> Optional[TrainingPlan]: ...
     def importTrainingResults(self, task: EngineTask) -> TrainingResults: ...
     def prepareInference(self, modelPath, volumes: list, runFolder, groundTruth=None,
                          device: str = "auto") -> PreparedInference: ...
@@ -211,6 +221,30 @@ class AsymSegCoreLogic:
                    "colors": dict(prepared.export.colors) if prepared.export else {}, "folder": prepared.folder}
         task = self._task(arguments, prepared.outputFolder, "train", context, prepared.outputFolder / STOP_FILE)
         return task.start()
+
+    # ---------------------------------------------------------------- planning
+
+    def preparePlan(self, cases, channelNames, settings: TrainingSettings, analysis: Optional[ClassAnalysis] = None,
+                    rarity: Optional[dict] = None) -> PreparedTraining:
+        """The job a training with ``settings`` would run, exported into a new temporary folder."""
+        folder = Path(tempfile.mkdtemp(prefix=PLAN_FOLDER_PREFIX))
+        try:
+            return self.prepareTraining(cases, channelNames, settings, folder, analysis=analysis, rarity=rarity)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def startPlan(self, prepared: PreparedTraining) -> EngineTask:
+        """Run the engine's ``plan`` on a prepared job in the background; its ``plan`` event fills ``state.plan``."""
+        arguments = ["plan", "--job", prepared.jobPath, "--events"]
+        return self._task(arguments, prepared.folder, "plan", {"folder": prepared.folder}).start()
+
+    def finishPlan(self, task: EngineTask) -> Optional[TrainingPlan]:
+        """The plan of a finished plan task (None unless it finished); its temporary folder is removed."""
+        shutil.rmtree(task.context["folder"], ignore_errors=True)
+        return task.state.plan if task.state.status is RunStatus.FINISHED else None
+
+    # ---------------------------------------------------------------- training results
 
     def importTrainingResults(self, task: EngineTask, name: str = "AsymSeg training") -> TrainingResults:
         """Logit histograms of training vs validation (unseen) cases, when the engine wrote them."""

@@ -70,6 +70,16 @@ def setTableRow(table, row: int, cells: list) -> None:
             table.setCellWidget(row, column, cell)
 
 
+def sideBySide(*widgets):
+    """One widget holding ``widgets`` in a row without margins (e.g. two selectors in one table cell)."""
+    container = qt.QWidget()
+    layout = qt.QHBoxLayout(container)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for widget in widgets:
+        layout.addWidget(widget)
+    return container
+
+
 def nodeSelector(nodeTypes: list[str], toolTip: str, showChildNodeTypes: bool = True):
     """A ``qMRMLNodeComboBox`` on the scene that only selects existing nodes (none allowed)."""
     selector = slicer.qMRMLNodeComboBox()

@@ -1,7 +1,7 @@
 """State of one engine run (training or inference), fed by its events.
 
 Qt-free. ``RunState`` is a dataclass the Run panel displays (phase, progress, ETA, loss,
-validation metrics, status line, errors with hints); ``EngineTask`` owns an
+validation metrics, the training plan, status line, errors with hints); ``EngineTask`` owns an
 ``EngineProcess`` and its state and emits ``Signal``s as events arrive. ``poll()`` is called
 from a ``qt.QTimer`` in Slicer and from a plain loop (``wait``) in tests.
 """
@@ -16,9 +16,10 @@ from typing import Optional
 
 from .EngineProcess import EngineProcess
 from .Events import (
-    CheckpointEvent, DoneEvent, ErrorEvent, Event, ExitCode, LogLine, ProgressEvent, StartEvent,
+    CheckpointEvent, DoneEvent, ErrorEvent, Event, ExitCode, LogLine, PlanEvent, ProgressEvent, StartEvent,
     ValidationEvent, WarningEvent, exitMessage,
 )
+from .Plans import TrainingPlan
 from .Signal import Signal
 
 
@@ -37,7 +38,7 @@ class RunStatus(str, enum.Enum):
 
 @dataclass
 class RunState:
-    kind: str = "train"                 # train or infer
+    kind: str = "train"                 # train, plan or infer
     status: RunStatus = RunStatus.NOT_STARTED
     phase: str = ""
     iteration: int = 0                  # training iteration (train) / step of the phase (infer)
@@ -50,6 +51,7 @@ class RunState:
     etaSeconds: Optional[float] = None
     case: Optional[str] = None
     device: str = ""
+    plan: Optional[TrainingPlan] = None               # from the plan event (plan and train)
     validations: list = field(default_factory=list)   # ValidationEvent
     bestMeanDsc: Optional[float] = None
     warnings: list = field(default_factory=list)       # WarningEvent
@@ -94,7 +96,7 @@ class RunState:
                 text += f", {formatDuration(self.etaSeconds)} left"
             return text
         names = {"load": "Loading data", "validate": "Validating", "logit-statistics": "Collecting logit statistics",
-                 "infer": "Segmenting"}
+                 "infer": "Segmenting", "plan": "Planning from the cases and the device"}
         text = names.get(self.phase, "Starting the engine")
         if self.phaseTotal:
             text += f" {self.phaseStep}/{self.phaseTotal}"
@@ -155,6 +157,8 @@ def applyEvent(state: RunState, event: Event) -> None:
                 state.iteration, state.total = event.iteration, event.total
             if event.phase != "validate":
                 state.etaSeconds = None
+    elif isinstance(event, PlanEvent):
+        state.plan = TrainingPlan.fromDict(event.plan)
     elif isinstance(event, ValidationEvent):
         state.validations.append(event)
         if event.meanDsc is not None and (state.bestMeanDsc is None or event.meanDsc > state.bestMeanDsc):
@@ -200,6 +204,17 @@ def finishState(state: RunState, returnCode: Optional[int], cancelRequested: boo
         state.model = state.checkpoints.get("best") or state.checkpoints.get("last")
 
 
+def _logLines(event: Event, state: RunState) -> list[str]:
+    """What an event adds to the run log: warnings and errors with their hints, the plan's summary (its
+    settings are in the plan view; the engine's own log lists them too)."""
+    if isinstance(event, (WarningEvent, ErrorEvent)):
+        line = f"{'WARNING' if isinstance(event, WarningEvent) else 'ERROR'}: {event.message}"
+        return [line + (f" (hint: {event.hint})" if event.hint else "")]
+    if isinstance(event, PlanEvent):
+        return [state.plan.summary()]
+    return []
+
+
 class EngineTask:
     """An engine process plus its ``RunState``; signals: ``eventReceived``, ``logLine``,
     ``stateChanged``, ``finished``."""
@@ -236,10 +251,9 @@ class EngineTask:
                 continue
             self.events.append(event)
             applyEvent(self.state, event)
-            if isinstance(event, (WarningEvent, ErrorEvent)):
-                line = f"{'WARNING' if isinstance(event, WarningEvent) else 'ERROR'}: {event.message}"
-                self.log.append(line + (f" (hint: {event.hint})" if event.hint else ""))
-                self.logLine.emit(self.log[-1])
+            for line in _logLines(event, self.state):
+                self.log.append(line)
+                self.logLine.emit(line)
             self.eventReceived.emit(event)
         if self.process.cancelRequested and not self.state.status.isFinal:
             self.state.status = RunStatus.CANCELLING

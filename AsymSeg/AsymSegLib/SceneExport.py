@@ -1,10 +1,11 @@
-"""Export of the chosen MRML nodes into a job folder (protocol.md: images, labels).
+"""Export of the chosen MRML nodes into a job folder (protocol.md: images, labels, masks).
 
 Qt-free. Channels are written through a standalone ``vtkMRMLVolumeArchetypeStorageNode``
 (never attached to the user's node), so geometry and voxel type are Slicer's own. Labelmaps
 are written as they are (raw label values kept); segmentations are exported onto the first
-channel's grid with each segment's voxels set to its class's label value. Input nodes are
-never modified and the scene ends with the nodes it started with.
+channel's grid with each segment's voxels set to its class's label value. ROI masks are
+written as 0/1 label maps on the first channel's grid. Input nodes are never modified and the
+scene ends with the nodes it started with.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from .Annotations import readAnnotation
+from .Annotations import readAnnotation, readMask
 from .Cases import CaseInput, Issue, caseIdentifiers, checkCases, isLabelmap, isSegmentation
 from .Classes import BACKGROUND, ClassAnalysis, discoverClasses
 from .SceneUtils import volumeStorage
@@ -35,6 +36,14 @@ class ExportedCase:
     images: list          # paths relative to the job folder
     label: Optional[str]
     role: str
+    mask: Optional[str] = None
+
+    def jobCase(self) -> dict:
+        """The job's entry of this case (protocol.md); ``mask`` only when the case has one."""
+        spec = {"id": self.id, "images": list(self.images), "label": self.label, "role": self.role}
+        if self.mask:
+            spec["mask"] = self.mask
+        return spec
 
 
 @dataclass
@@ -108,9 +117,14 @@ def exportAnnotation(annotation, referenceVolume, path: Path, classes: dict) -> 
     return unknown
 
 
+def exportMask(mask, segmentId: str, referenceVolume, path: Path) -> Path:
+    """Write an ROI mask (``readMask``) as a 0/1 label map in ``referenceVolume``'s geometry."""
+    return writeLabelArray(readMask(mask, segmentId, referenceVolume).astype(np.uint8), referenceVolume, path)
+
+
 def exportCases(cases: list[CaseInput], channelNames: list[str], folder, analysis: ClassAnalysis = None,
                 rarity: dict = None, allowErrors: bool = False) -> ExportResult:
-    """Write every case's channels and annotation under ``folder`` (``images/``, ``labels/``).
+    """Write every case's channels, annotation and ROI mask under ``folder`` (``images/``, ``labels/``, ``masks/``).
 
     ``analysis`` (from ``discoverClasses``) carries the class catalog the user edited in the
     Classes panel; it is computed when not given. ``rarity`` overrides the catalog's values.
@@ -145,7 +159,12 @@ def exportCases(cases: list[CaseInput], channelNames: list[str], folder, analysi
             if unknown:
                 result.issues.append(Issue("warning", f"Segments {unknown} match no class; exported as background."))
             label = relative.as_posix()
-        result.cases.append(ExportedCase(caseId, images, label, case.role))
+        mask = None
+        if case.mask is not None and case.reference is not None:
+            relative = Path("masks") / f"{caseId}{IMAGE_EXTENSION}"
+            exportMask(case.mask, case.maskSegment, case.reference, folder / relative)
+            mask = relative.as_posix()
+        result.cases.append(ExportedCase(caseId, images, label, case.role, mask))
     return result
 
 

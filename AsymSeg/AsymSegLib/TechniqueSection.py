@@ -2,20 +2,24 @@
 
 Presets, setting labels, ranges, decimals, tooltips and per-preset defaults all come from
 ``Presets`` (the engine's own definitions); the .ui only places the widgets. The values are
-bound to the parameter node (``SlicerParameterName``); the device and the folders are
-machine-specific and kept in QSettings.
+bound to the parameter node (``SlicerParameterName``), except the preset and the target
+spacing mode (combo boxes whose items carry the value as data), kept here. The training
+settings the engine plans sit under Advanced, "auto" at their minimum. The device and the
+folders are machine-specific and kept in QSettings.
 """
 
 from __future__ import annotations
 
 from .Devices import DevicesProtocol
-from .JobSpec import TrainingSettings
+from .JobSpec import NATIVE_SPACING, TrainingSettings
 from .Logic import defaultOutputFolder
-from .ParameterNode import TECHNIQUE_FIELDS, settingsFromParameters
+from .ParameterNode import SPACING_AUTO, SPACING_CUSTOM, TECHNIQUE_FIELDS, settingsFromParameters
 from .Presets import PRESETS, RECOMMENDED, SETTINGS
 from .QtUtils import MODEL_FILE_FILTERS, bindPathSetting, comboData, setSettingValue, settingValue
 
 AUTO_DEVICE = "auto"
+SPACING_CHOICES = (("Automatic (planned from the cases)", SPACING_AUTO), ("Native: no resampling", NATIVE_SPACING),
+                   ("Custom (z, y, x):", SPACING_CUSTOM))
 
 
 class TechniqueSection:
@@ -34,8 +38,12 @@ class TechniqueSection:
         bindPathSetting(ui.outputFolderPathLineEdit, "OutputFolder", str(defaultOutputFolder()))
         bindPathSetting(ui.initialModelPathLineEdit, "InitialModel")
         ui.initialModelPathLineEdit.nameFilters = MODEL_FILE_FILTERS
+        for label, mode in SPACING_CHOICES:
+            ui.targetSpacingComboBox.addItem(label, mode)
+        self._showSpacingMode()
         self.refreshDevices()
         ui.presetComboBox.connect("currentIndexChanged(int)", self.onPresetChanged)
+        ui.targetSpacingComboBox.connect("currentIndexChanged(int)", self.onTargetSpacingChanged)
         ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         ui.refreshDevicesButton.clicked.connect(self.refreshDevices)
 
@@ -45,14 +53,16 @@ class TechniqueSection:
         return getattr(self.ui, f"{field}Label"), getattr(self.ui, f"{field}SpinBox")
 
     def setParameters(self, parameters) -> None:
-        """Show the preset saved in ``parameters`` (None: unbound)."""
+        """Show the preset and the target spacing mode saved in ``parameters`` (None: unbound)."""
         self.parameters = parameters
         if parameters is not None:
-            combo = self.ui.presetComboBox
-            combo.blockSignals(True)  # showing the saved preset must not reset its values to the defaults
-            combo.setCurrentIndex(max(combo.findData(parameters.preset or RECOMMENDED), 0))
-            combo.blockSignals(False)
+            for combo, value in ((self.ui.presetComboBox, parameters.preset or RECOMMENDED),
+                                 (self.ui.targetSpacingComboBox, parameters.targetSpacing)):
+                combo.blockSignals(True)  # showing a saved preset must not reset its values to the defaults
+                combo.setCurrentIndex(max(combo.findData(value), 0))
+                combo.blockSignals(False)
             self._showPresetFields()
+            self._showSpacingMode()
 
     def onPresetChanged(self, index: int) -> None:
         name = self.ui.presetComboBox.itemData(index)
@@ -73,6 +83,18 @@ class TechniqueSection:
             for widget in self._settingWidgets(key):
                 widget.setVisible(visible)
         self.ui.advancedTechniqueGroupBox.setEnabled(bool(preset.settingKeys))
+
+    def onTargetSpacingChanged(self, index: int) -> None:
+        mode = self.ui.targetSpacingComboBox.itemData(index)
+        if mode and self.parameters is not None:
+            self.parameters.targetSpacing = mode
+        self._showSpacingMode()
+
+    def _showSpacingMode(self) -> None:
+        """The spacing spin boxes are editable only for a custom spacing."""
+        custom = comboData(self.ui.targetSpacingComboBox) == SPACING_CUSTOM
+        for axis in "ZYX":
+            getattr(self.ui, f"spacing{axis}SpinBox").setEnabled(custom)
 
     def refreshDevices(self) -> None:
         """List the devices again, keeping the saved choice (marked when it is not found now)."""

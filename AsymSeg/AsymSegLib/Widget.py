@@ -2,8 +2,10 @@
 
 Each section (``CasesSection``, ``ClassesSection``, ``TechniqueSection``, ``RunSection``,
 ``ResultsSection``) owns its widgets of the .ui; the panel binds them to the parameter node,
-passes what one section needs from another, and runs what spans sections: starting a
-training, applying a model, the engine task and the buttons. Its collaborators are injected
+passes what one section needs from another, and runs what spans sections: planning and
+starting a training, applying a model, the engine tasks and the buttons. A plan runs on its
+own poller, so Start never waits for it: Start cancels a plan being made (the engine plans
+inside ``train`` anyway, with the settings of that moment). Its collaborators are injected
 as typed protocols (``TrainingLogicProtocol``, ``DependenciesProtocol``, ``DevicesProtocol``,
 ``CaseStoreProtocol``) so tests drive it with fakes. The Qt files (this one, the sections,
 ``QtUtils``, ``TaskPoller``) are imported by ``AsymSegWidget.setup`` only.
@@ -21,7 +23,7 @@ from .Classes import ClassAnalysis
 from .ClassesSection import ClassesSection
 from .Dependencies import DependenciesProtocol, ensureEngineReady
 from .Devices import DevicesProtocol
-from .Logic import PreparedTraining, TrainingLogicProtocol, trainingRunFolder
+from .Logic import TrainingLogicProtocol, trainingRunFolder
 from .ParameterNode import parameterNodeClass
 from .QtUtils import Dialogs
 from .ResultsSection import ResultsSection
@@ -29,6 +31,8 @@ from .RunSection import RunSection
 from .Runs import EngineTask
 from .TaskPoller import TaskPoller
 from .TechniqueSection import TechniqueSection
+
+PLAN_CANCEL_TIMEOUT = 5.0  # seconds a cancelled plan gets before it is killed (it has nothing to save)
 
 
 class AsymSegPanel:
@@ -42,18 +46,21 @@ class AsymSegPanel:
         self.dialogs = Dialogs(interactive)  # not interactive in tests: no modal dialogs
         self.parameters = None               # parameterNodeWrapper instance
         self._guiTag = None
-        self.poller = TaskPoller(logic.cancelTimeout)
+        self.poller = TaskPoller(logic.cancelTimeout)         # training or inference
+        self.planPoller = TaskPoller(PLAN_CANCEL_TIMEOUT)     # a plan, beside them
         self.cases = CasesSection(ui, logic, caseStore)
         self.classes = ClassesSection(ui, logic, self.cases.cases)
         self.technique = TechniqueSection(ui, devices)
-        self.run = RunSection(ui, logic, self.poller, self.dialogs)
+        self.run = RunSection(ui, logic, self.poller, self.planPoller, self.dialogs)
         self.results = ResultsSection(ui, logic, self.dialogs, self.cases.channelNames)
         self.cases.changed.connect(self._onCasesChanged)
         self.cases.channelsChanged.connect(self.results.updateApplyInputs)
         self.classes.analysed.connect(self._onClassesAnalysed)
         self.results.changed.connect(self.updateButtons)
         self.poller.finished.connect(self.onTaskFinished)
+        self.planPoller.finished.connect(self.onPlanFinished)
         ui.checkDataButton.clicked.connect(self.classes.refreshNow)
+        ui.planButton.clicked.connect(self.onPlan)
         ui.startButton.clicked.connect(lambda: self.onStart(resume=False))
         ui.resumeButton.clicked.connect(lambda: self.onStart(resume=True))
         ui.useTrainedModelButton.clicked.connect(lambda: self.results.useTrainedModel(self.run.lastModel()))
@@ -76,6 +83,10 @@ class AsymSegPanel:
     # ------------------------------------------------------------------ between sections
 
     def _onCasesChanged(self) -> None:
+        """A plan shown (or being made) is for other cases: it goes."""
+        if self.run.shownPlan is not None or self.planPoller.running:
+            self._cancelPlan()
+            self.run.clearPlan("The cases changed: press Plan to plan again.")
         self.classes.schedule()
         self.updateButtons()
 
@@ -113,23 +124,43 @@ class AsymSegPanel:
     def _startTraining(self, resume: bool) -> EngineTask:
         prepared = self.run.lastPrepared if resume else None
         if prepared is None:
-            prepared = self._prepareTraining()
+            inputs = self._trainingInputs()
+            self.run.showStatus("Exporting the cases...")
+            slicer.app.processEvents()
+            folder = trainingRunFolder(self.technique.outputFolder(), inputs["settings"].preset)
+            prepared = self.logic.prepareTraining(runFolder=folder, **inputs)
+        self._cancelPlan()  # the training plans itself, with the settings of now
         return self.run.startTraining(prepared, resume=resume)
 
-    def _prepareTraining(self) -> PreparedTraining:
-        """Export the cases, with the classes and their rarity, into a new run folder."""
+    def onPlan(self) -> None:
+        """Plan the training with the current cases and settings and show the plan (Start does not wait for it)."""
+        if not self.planPoller.running:
+            self._startTask("AsymSeg could not plan the training.", self._startPlan)
+
+    def _startPlan(self) -> EngineTask:
+        inputs = self._trainingInputs()
+        self.run.clearPlan("Exporting the cases for the plan...")
+        slicer.app.processEvents()
+        return self.logic.startPlan(self.logic.preparePlan(**inputs))
+
+    def _cancelPlan(self) -> None:
+        """Stop a plan being made; what it still logs no longer reaches the run log."""
+        if self.planPoller.running:
+            self.planPoller.task.logLine.disconnect(self.run.appendLog)
+            self.planPoller.cancel()
+
+    def _trainingInputs(self) -> dict:
+        """The cases, channel names, settings, classes and rarity a training (or its plan) is prepared from;
+        ValueError when the training data has errors."""
         if self.classes.analysis is None:
             self.classes.refreshNow()
         errors = [i for i in self.cases.issues if i.isError]
         if errors:
             raise ValueError("Fix the training data first:\n" + "\n".join(str(i) for i in errors))
-        settings = self.technique.trainingSettings()
-        folder = trainingRunFolder(self.technique.outputFolder(), settings.preset)
-        self.run.showStatus("Exporting the cases...")
-        slicer.app.processEvents()
         analysis = self.classes.analysis
-        return self.logic.prepareTraining(self.cases.cases(), self.cases.channelNames(), settings, folder,
-                                          analysis=analysis, rarity=analysis.catalog.rarityMap() if analysis else None)
+        return dict(cases=self.cases.cases(), channelNames=self.cases.channelNames(),
+                    settings=self.technique.trainingSettings(), analysis=analysis,
+                    rarity=analysis.catalog.rarityMap() if analysis else None)
 
     def onApply(self) -> None:
         """Apply the chosen model on the device of the Technique section."""
@@ -139,12 +170,16 @@ class AsymSegPanel:
     # ------------------------------------------------------------------ the engine task
 
     def _watch(self, task: EngineTask) -> None:
-        """Follow ``task``: its log in the Run section, its state in its own section."""
-        showState = self.run.showState if task.state.kind == "train" else self.results.showState
+        """Follow ``task``: its log in the Run section, its state in its own section (a plan in the plan view)."""
         task.logLine.connect(self.run.appendLog)
-        task.stateChanged.connect(showState)
-        self.poller.watch(task)
-        showState(task.state)
+        if task.state.kind == "plan":
+            self.run.watchPlan(task)
+            self.planPoller.watch(task)
+        else:
+            showState = self.run.showState if task.state.kind == "train" else self.results.showState
+            task.stateChanged.connect(showState)
+            self.poller.watch(task)
+            showState(task.state)
         self.updateButtons()
 
     def onTaskFinished(self, task: EngineTask) -> None:
@@ -157,11 +192,17 @@ class AsymSegPanel:
                 self.results.inferenceFinished(task)
         self.updateButtons()
 
+    def onPlanFinished(self, task: EngineTask) -> None:
+        with slicer.util.tryWithErrorDisplay("AsymSeg could not read the plan.", waitCursor=True):
+            self.run.planFinished(task, self.logic.finishPlan(task))
+        self.updateButtons()
+
     # ------------------------------------------------------------------ lifetime
 
     def onSceneClosed(self) -> None:
         """The scene is gone: a running task can no longer import its results; stop it."""
         self.poller.cancel()
+        self.planPoller.cancel()
         self.results.clearCharts()
         self.cases.rebuild([])
         self.classes.clear()
@@ -170,6 +211,7 @@ class AsymSegPanel:
     def cleanup(self) -> None:
         self.classes.timer.stop()
         self.poller.shutdown()
+        self.planPoller.shutdown()
         if self.parameters is not None and self._guiTag is not None:
             self.parameters.disconnectGui(self._guiTag)
             self._guiTag = None

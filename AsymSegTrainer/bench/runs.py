@@ -29,7 +29,7 @@ from ..files import write_json
 from ..logits import LogitStatistics, logit_shift
 from ..metrics import summarize_metrics
 from .folds import Run
-from .settings import BENCH_FORMAT, BENCH_VERSION
+from .settings import BENCH_FORMAT, BENCH_NORMALIZATION, BENCH_VERSION
 
 RUN_FILE = "run.json"
 METRIC_KEYS = ("dsc", "sensitivity", "precision", "hd95")
@@ -76,14 +76,15 @@ def logit_means(train: LogitStatistics, test: LogitStatistics) -> Dict[str, Dict
 def run_job(run: Run, settings: dict, device: str):
     """The training job of ``run``: the fold's cases with their roles and the pinned settings (InputError when
     the settings are not a valid job's)."""
-    from ..jobspec import job_from_dataset, job_from_dict
+    from ..jobspec import NATIVE, job_from_dataset, job_from_dict
 
     split = run.split
     spec = job_from_dataset(
         settings["dataset"], settings["classes"], split["train"], split["validation"], split["test"],
         technique=run.method, output=str(run.folder / "train"), iterations=settings["iterations"],
         batch_size=settings["batch_size"], patch_size=settings["patch_size"],
-        target_spacing=settings["target_spacing"], network=settings["network"],
+        target_spacing=settings["target_spacing"] or NATIVE, network=settings["network"],
+        normalization=BENCH_NORMALIZATION,
         learning_rate=settings["learning_rate"], optimizer=settings["optimizer"],
         lr_schedule=settings.get("lr_schedule", "poly"),
         validation_interval=settings["validation_interval"], seed=run.seed, device=device, logit_statistics=False)

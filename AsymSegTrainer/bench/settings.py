@@ -15,11 +15,14 @@ from typing import List, Optional
 
 from ..data import ClassMap, read_nnunet_dataset
 from ..errors import InputError
+from ..jobspec import parse_target_spacing
 from .folds import SPLIT_SEED
 
 BENCH_FORMAT = "asymseg-bench"
 BENCH_VERSION = 1
 
+BENCH_NORMALIZATION = {"mode": "zscore"}
+"""Bench runs pin every setting (no plan): the same runs on every machine."""
 DEFAULTS = {"batch_size": 4, "patch_size": [48, 48, 48], "learning_rate": 1e-3, "overlap": 0.5}
 """Bench defaults where they differ from a job's: learning rate 1e-3 (the paper's BRATS rate;
 short budgets need it)."""
@@ -55,7 +58,7 @@ def bench_settings(args) -> dict:
     if quick:
         iterations = min(iterations, QUICK["max_iterations"])
     patch = _opt(args, "patch_size", QUICK["patch_size"] if quick else defaults["patch_size"])
-    spacing = _opt(args, "target_spacing")
+    spacing = parse_target_spacing(_opt(args, "target_spacing"))
     if quick and spacing is None:
         spacing = quick_spacing(Path(args.dataset))
     network = _opt(args, "network", QUICK["network"] if quick else None)
@@ -76,7 +79,7 @@ def bench_settings(args) -> dict:
         "iterations": iterations,
         "quick": quick,
         "patch_size": [int(p) for p in patch],
-        "target_spacing": [float(s) for s in spacing] if spacing else None,
+        "target_spacing": spacing if isinstance(spacing, list) else None,
         "batch_size": int(_opt(args, "batch_size", QUICK["batch_size"] if quick else defaults["batch_size"])),
         "network": network_config(network),
         "learning_rate": float(_opt(args, "learning_rate", defaults["learning_rate"])),

@@ -211,11 +211,24 @@ def test_zscore_without_mask_skips_a_constant_background_at_any_value():
 def test_zscore_over_mask_keeps_outside_on_the_same_scale():
     image = np.array([[10.0, 20.0, 30.0, 100.0]])[:, None, None, :]
     mask = np.array([True, True, True, False])[None, None, :]
-    out = normalize(image, mask, Normalization())
+    out = normalize(image, mask, Normalization(statistics="mask"))
     std = np.sqrt(200 / 3)  # of 10, 20, 30 around their mean 20
     np.testing.assert_allclose(out.ravel(), [-10 / std, 0.0, 10 / std, 80 / std], rtol=1e-6)
     all_zero = normalize(np.zeros((1, 2, 2, 2)), None, Normalization())
     np.testing.assert_array_equal(all_zero, 0.0)
+
+
+def test_zscore_over_the_foreground_ignores_the_mask_so_image_files_alone_normalise_alike():
+    # 0 = background outside the head (>= 10% of the volume); the mask leaves out the 100
+    image = np.array([0.0, 0.0, 0.0, 10.0, 20.0, 30.0, 100.0])[None, None, None, :]
+    mask = np.array([False, False, False, True, True, True, False])[None, None, :]
+    with_mask, without = normalize(image, mask, Normalization()), normalize(image, None, Normalization())
+    np.testing.assert_array_equal(with_mask, without)
+    inside = np.array([10.0, 20.0, 30.0, 100.0])  # the statistics come from the non-background voxels
+    np.testing.assert_allclose(without.ravel()[3:], (inside - inside.mean()) / inside.std(), rtol=1e-6)
+    assert Normalization().to_dict()["statistics"] == "foreground"
+    with pytest.raises(InputError, match="normalization.statistics"):
+        Normalization(statistics="roi")
 
 
 def test_ct_window_and_none():
@@ -294,7 +307,7 @@ def test_load_case_relative_paths_normalisation_and_label(tmp_path):
     assert CaseSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(InputError, match=r"case: missing field\(s\) \['id'\]"):
         CaseSpec.from_dict({"images": ["a.nii.gz"]})
-    case = load_case(spec, ClassMap.parse(["core=4", "edema=2"]), Normalization(), base_dir=tmp_path)
+    case = load_case(spec, ClassMap.parse(["core=4", "edema=2"]), Normalization(statistics="mask"), base_dir=tmp_path)
     assert isinstance(case, LoadedCase) and case.id == "c1" and case.role == "train"
     assert case.image.shape == (2, 12, 16, 20) and case.image.dtype == np.float32
     np.testing.assert_allclose(case.image[:, case.mask].mean(axis=1), 0.0, atol=1e-5)

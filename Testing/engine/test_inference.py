@@ -446,3 +446,34 @@ def test_a_2d_model_segments_a_volume_slice_by_slice_and_a_2d_image(tmp_path, mo
     np.testing.assert_allclose(written.GetOrigin(), first.GetOrigin(), atol=1e-5)
     np.testing.assert_allclose(written.GetDirection(), first.GetDirection(), atol=1e-6)
     assert sitk.GetArrayFromImage(written).shape == SHAPE[1:]
+
+
+@pytest.mark.parametrize("statistics", ["foreground", "mask"])
+def test_a_model_trained_with_roi_masks_segments_a_case_alike_with_and_without_its_mask(phantom_dataset, tmp_path,
+                                                                                       statistics):
+    """Issue 11: a case given as image files alone must be normalised as in training. With the default
+    ``foreground`` statistics the ROI mask changes nothing; with ``mask`` statistics it does (so the test can fail)."""
+    _, specs = read_nnunet_dataset(phantom_dataset)
+    cases = []
+    for spec in specs[:2]:
+        reference = read_image(spec.images[0])
+        box = np.zeros(sitk.GetArrayFromImage(reference).shape, np.uint8)
+        box[6:18, 6:18, 6:18] = 1  # an ROI smaller than the body: its statistics differ from the body's
+        mask = write_image(box, reference, tmp_path / f"{spec.id}_mask.nii.gz")
+        cases.append({"id": spec.id, "images": spec.images, "label": spec.label, "mask": str(mask)})
+    job = {"cases": cases, "classes": {"background": [0], "lesion": [1]}, "output": str(tmp_path / "run"),
+           "network": TINY, "patch_size": [16, 16, 16], "batch_size": 2, "iterations": 3, "device": "cpu",
+           "learning_rate": 1e-2, "logit_statistics": False, "target_spacing": "native",
+           "normalization": {"mode": "zscore", "statistics": statistics}}
+    trained = Trainer(job_from_dict(job, tmp_path), quiet()).run().model
+    case = write_case(tmp_path / "case", ".nii.gz")
+    box = np.zeros(SHAPE, np.uint8)
+    box[5:15, 8:20, 8:20] = 1
+    reference = read_image(case.images[0])
+    mask = write_image(box, reference, tmp_path / "case" / "roi.nii.gz")
+    with_mask = infer_case(trained, case.images, tmp_path / "with" / "pred.nii.gz", mask=str(mask),
+                           probabilities=True, device="cpu", sink=quiet())
+    without = infer_case(trained, case.images, tmp_path / "without" / "pred.nii.gz", probabilities=True,
+                         device="cpu", sink=quiet())
+    same = np.array_equal(array(with_mask["probabilities"]), array(without["probabilities"]))
+    assert same == (statistics == "foreground")

@@ -14,14 +14,14 @@ from AsymSegTrainer.losses import ldam_rarity
 from AsymSegTrainer.regularizers import sample_mixup_lambda
 from AsymSegTrainer.training import Trainer, learning_rate
 
-from conftest import TINY_NETWORK
+from conftest import TINY_NETWORK, UNPLANNED
 
 
 def make_trainer(dataset, out, technique, **settings):
     spec = job_from_dataset(dataset, ["lesion=1"], ["phantom_000", "phantom_001"], [],
                             **{"output": str(out), "network": TINY_NETWORK, "patch_size": [16, 16, 16],
                                "batch_size": 2, "iterations": 2, "device": "cpu", "logit_statistics": False,
-                               "technique": technique, **settings})
+                               "technique": technique, **UNPLANNED, **settings})
     trainer = Trainer(job_from_dict(spec, Path(out).parent), EventSink(progress_bar=False))
     trainer._load_cases()
     return trainer

@@ -108,11 +108,14 @@ def _minimal_job(**fields):
 
 def test_job_defaults_come_from_the_protocol(tmp_path):
     job = job_from_dict(_minimal_job(), tmp_path)
-    for name in ("batch_size", "iterations", "optimizer", "learning_rate", "foreground_fraction",
-                 "validation_interval", "seed", "device", "amp", "logit_statistics", "loss", "patch_size"):
+    for name in ("optimizer", "foreground_fraction", "seed", "device", "amp", "logit_statistics", "loss",
+                 "time_budget_minutes", "early_stopping"):
         assert getattr(job, name) == protocol.job_default(name), name
     assert job.output == tmp_path / protocol.job_default("output")
-    assert job.network == network_config(None) == {"name": "unet", **protocol.CHOICES["network"]["unet"]}
+    planned = [f["name"] for f in protocol.JOB_FIELDS.values() if "planned (`plan`)" in f["meaning"]]
+    assert set(job.unplanned()) == set(planned) and len(planned) == 8
+    assert all(protocol.job_default(name) is None for name in planned)
+    assert network_config(None) == {"name": "unet", **protocol.CHOICES["network"]["unet"]}
     assert job.to_dict()["format"] == protocol.JOB_FORMAT and job.to_dict()["version"] == protocol.JOB_VERSION
 
 
@@ -129,7 +132,8 @@ def test_job_defaults_come_from_the_protocol(tmp_path):
     ("loss", "focal", "'loss' is 'focal'"),
     ("device", 0, "'device' must be a string"),
     ("unlisted_labels", "ignore", "'unlisted_labels' is 'ignore'"),
-    ("target_spacing", [1.0, math.nan, 1.0], "'target_spacing' must be null or three positive numbers"),
+    ("target_spacing", [1.0, math.nan, 1.0], "'target_spacing' must be three positive numbers in mm"),
+    ("target_spacing", "coarse", "'target_spacing' must be three positive numbers in mm"),
 ])
 def test_job_fields_are_checked_against_their_type_and_range(tmp_path, name, value, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):

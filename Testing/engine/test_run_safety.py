@@ -129,9 +129,11 @@ def test_resume_without_model_last_is_refused_and_model_best_is_kept(phantom_dat
 
 
 def _set_best_score(model: Path, score: float) -> None:
+    """Every validation so far scored ``score``: the state a resumed run replays (checkpointing.ValidationCurve)."""
     state = torch.load(model, weights_only=True)
     meta = json.loads(state["meta"])
-    meta["validation"]["best_mean_dsc"] = score
+    for entry in meta["validation"]["history"]:
+        entry["mean_dsc"] = score
     state["meta"] = json.dumps(meta)
     torch.save(state, model)
 
@@ -151,8 +153,9 @@ def test_resume_keeps_the_best_score_and_the_validation_history(phantom_dataset,
     assert result.model == out / "model_best.pt"
     assert [e["best"] for e in events if e["type"] == "validation"] == [False, False]
     after = json.loads((out / "validation.json").read_text())
-    assert after[:2] == history and [h["iteration"] for h in after] == [1, 2, 3, 4]
-    assert load_model_file(out / "model_last.pt")[1]["validation"]["best_mean_dsc"] == 1.5
+    assert [h["metrics"] for h in after[:2]] == [h["metrics"] for h in history]
+    assert [h["iteration"] for h in after] == [1, 2, 3, 4]
+    assert load_model_file(out / "model_last.pt")[1]["validation"]["best_smoothed"] == 1.5
 
 
 def test_resume_with_another_job_says_what_changed(phantom_dataset, tmp_path):

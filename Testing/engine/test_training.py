@@ -1,7 +1,9 @@
 """The training engine: events, presets, cancel/resume, fine-tuning, and every named error."""
 
+import dataclasses
 import errno
 import json
+import math
 import os
 import shutil
 import signal
@@ -23,12 +25,13 @@ from AsymSegTrainer.network import build_network, load_model_file, load_weights
 from AsymSegTrainer.techniques import PRESETS
 from AsymSegTrainer.training import Trainer
 
-from conftest import TINY_NETWORK
+from conftest import TINY_NETWORK, UNPLANNED
 
 REQUIRED = {
     "start": {"command", "config", "device", "versions", "output"},
     "progress": {"phase", "iteration", "total"},
-    "validation": {"iteration", "metrics", "mean_dsc", "best"},
+    "plan": {"plan"},
+    "validation": {"iteration", "metrics", "mean_dsc", "smoothed_mean_dsc", "best"},
     "warning": {"message", "hint"},
     "checkpoint": {"kind", "path", "iteration"},
     "error": {"kind", "message", "hint"},
@@ -55,7 +58,7 @@ def job(dataset, out, train=("phantom_000", "phantom_001"), val=("phantom_002",)
     spec = job_from_dataset(dataset, list(classes), list(train), list(val),
                             **{"output": str(out), "network": TINY_NETWORK, "patch_size": [16, 16, 16],
                                "batch_size": 2, "iterations": 2, "device": "cpu", "validation_interval": 1,
-                               "logit_statistics": False, **settings})
+                               "logit_statistics": False, **UNPLANNED, **settings})
     return job_from_dict(spec, Path(out).parent)
 
 
@@ -328,7 +331,7 @@ def test_logit_statistics_describe_the_model_handed_out(phantom_dataset, tmp_pat
 
     def validate_best_first(self, iteration):  # the best checkpoint is iteration 2, not the last one
         calls.append(real(self, iteration))
-        return len(calls) == 1
+        return dataclasses.replace(calls[-1], best=len(calls) == 1)
 
     monkeypatch.setattr(Trainer, "_validate", validate_best_first)
     job_obj = job(phantom_dataset, tmp_path / "run", iterations=6, validation_interval=2, logit_statistics=True)
@@ -345,3 +348,24 @@ def test_logit_statistics_describe_the_model_handed_out(phantom_dataset, tmp_pat
     for g in (0, 1):
         for c in (0, 1):
             assert saved.mean(g, c) == pytest.approx(expected.mean(g, c), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_early_stopping_stops_once_the_smoothed_validation_curve_is_flat(phantom_dataset, tmp_path, monkeypatch,
+                                                                         early_stopping):
+    from AsymSegTrainer import training
+    from AsymSegTrainer.checkpointing import MIN_PROGRESS, PATIENCE, ValidationCurve
+
+    class FlatCurve(ValidationCurve):  # every validation scores 0.5: no improvement after the first
+        def update(self, iteration, mean_dsc, total_iterations):
+            return super().update(iteration, 0.5, total_iterations)
+
+    monkeypatch.setattr(training, "ValidationCurve", FlatCurve)
+    result, events = run(job(phantom_dataset, tmp_path / "run", iterations=20, early_stopping=early_stopping))
+    # the first validation is the best; PATIENCE more without improvement, and at least MIN_PROGRESS of the run
+    expected = max(1 + PATIENCE, math.ceil(MIN_PROGRESS * 20)) if early_stopping else 20
+    assert result.status == "finished" and result.iteration == expected
+    assert load_model_file(tmp_path / "run" / "model_last.pt")[0]["iteration"] == expected
+    assert [e["iteration"] for e in events if e["type"] == "checkpoint" and e["kind"] == "best"] == [1]
+    chosen = [e for e in events if e["type"] == "checkpoint" and e["kind"] == "chosen"]
+    assert chosen[0]["iteration"] == 1 and "model_best.pt is iteration 1 of 20" in chosen[0]["reason"]

@@ -137,6 +137,15 @@ def addSegmentation(labelArray, reference, names: dict, name="seg"):
     return segmentation
 
 
+def readVolumeFile(path):
+    """Read an exported file into a node of no scene (the test scene is left as it is)."""
+    node = slicer.vtkMRMLScalarVolumeNode()
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node), path
+    return node
+
+
 def engineAvailable() -> tuple[bool, str]:
     """Whether ``python -m AsymSegTrainer train`` can run (the package and its training module import)."""
     import importlib.util

@@ -3,7 +3,8 @@
 Only what the panel (``AsymSegLib/Widget.py`` and its sections) calls is modelled (properties
 as attributes, ``connect`` with signal signatures, ``clicked``/``toggled``/... signal objects).
 Widgets are created from the real ``AsymSeg.ui`` by name and class, with its text, tooltip,
-enabled state and spin box ranges, so a name the panel uses but the .ui lacks fails.
+enabled state and spin box ranges and special value text, so a name the panel uses but the
+.ui lacks fails.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class QDoubleSpinBox(FakeWidget):
         self.value = 0.0
         self.range = (0.0, 99.99)  # Qt's defaults
         self.decimals = 2
+        self.specialValueText = ""  # shown instead of the value at the minimum (e.g. "auto")
 
     def setRange(self, low, high):
         self.range = (low, high)
@@ -273,6 +275,22 @@ class QFormLayout:
         return LayoutItem(self.rows.pop(index)[1])
 
 
+class QHBoxLayout:
+    """A row of widgets; ``QHBoxLayout(parent)`` becomes ``parent``'s layout, as in Qt."""
+
+    def __init__(self, parent=None):
+        self.widgets = []
+        self.margins = None
+        if parent is not None:
+            parent.setLayout(self)
+
+    def setContentsMargins(self, *margins):
+        self.margins = margins
+
+    def addWidget(self, widget):
+        self.widgets.append(widget)
+
+
 class QTimer(FakeWidget):
     def __init__(self, *args):
         super().__init__(*args)
@@ -358,7 +376,7 @@ CLASSES = {"QPushButton": QPushButton, "QLabel": QLabel, "QLineEdit": QLineEdit,
 def qtModule() -> types.ModuleType:
     module = types.ModuleType("qt")
     for name in ("QTimer", "QSettings", "QComboBox", "QCheckBox", "QDoubleSpinBox", "QLabel", "QTableWidgetItem",
-                 "QFormLayout", "QWidget"):
+                 "QFormLayout", "QHBoxLayout", "QWidget"):
         setattr(module, name, globals()[name])
     module.Qt = Qt
     return module
@@ -378,5 +396,6 @@ def uiFromFile(path) -> types.SimpleNamespace:
             widget.decimals = int(properties.get("decimals", widget.decimals))
             widget.range = (float(properties.get("minimum", widget.range[0])),
                             float(properties.get("maximum", widget.range[1])))
+            widget.specialValueText = properties.get("specialValueText", "")
         setattr(ui, element.get("name"), widget)
     return ui

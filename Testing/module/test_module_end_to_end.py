@@ -16,7 +16,7 @@ from asymseg_module_testing import addSegmentation, addVolume, blobCase, engineA
 
 from AsymSegLib.Cases import CaseInput
 from AsymSegLib.Events import ProgressEvent
-from AsymSegLib.JobSpec import TrainingSettings
+from AsymSegLib.JobSpec import PLANNED_FIELDS, TrainingSettings
 from AsymSegLib.Logic import AsymSegCoreLogic
 from AsymSegLib.Runs import RunStatus
 
@@ -166,3 +166,29 @@ def test_engine_error_surfaces_with_its_message(mrml, tmp_path):
     assert state.errors and state.message == state.errors[-1].message
     assert "geometry" in state.message.lower() and "000_img" in state.message, state.message
     assert state.hint
+
+
+def test_plan_with_roi_masks_with_the_real_engine(mrml, tmp_path):
+    """The engine's plan command on the module's job (ROI masks included): every planned field has a value,
+    a source and a reason; the setting the panel set is kept."""
+    cases = makeCases()
+    region = np.zeros((24, 24, 24), np.uint8)
+    region[2:22, 2:22, 2:22] = 1
+    cases[0].mask = addVolume(region, "case0_roi", ijkToRas(origin=(0.0, -2.0, 1.0)), labelmap=True)
+    cases[1].mask = addSegmentation(region, cases[1].images[0], {1: "brain"}, name="case1_roi")
+    cases[1].maskSegment = cases[1].mask.GetSegmentation().GetNthSegmentID(0)
+    logic = AsymSegCoreLogic(python=sys.executable)
+    prepared = logic.preparePlan(cases, ["t1", "t2"], TrainingSettings(batchSize=2, device="cpu",
+                                                                       timeBudgetMinutes=1.0))
+    assert [c.get("mask") for c in prepared.job["cases"]] == ["masks/000_case0_t1.nrrd", "masks/001_case1_t1.nrrd",
+                                                              None]
+    task = logic.startPlan(prepared)
+    state = task.wait(timeout=300)
+    assert state.status is RunStatus.FINISHED, f"{state.message} {state.hint}\n" + "\n".join(task.log[-20:])
+    plan = logic.finishPlan(task)
+    assert not prepared.folder.exists()
+    assert set(plan.settings) >= set(PLANNED_FIELDS) and all(plan.reasons.get(f) for f in PLANNED_FIELDS)
+    assert plan.settings["batch_size"] == 2 and plan.source["batch_size"] == "user"
+    assert {plan.source[f] for f in PLANNED_FIELDS if f != "batch_size"} == {"plan"}
+    assert plan.device["type"] == "cpu" and plan.stepSeconds > 0 and plan.estimatedMinutes > 0
+    assert plan.timeBudgetMinutes == 1.0 and plan.summary() in task.log

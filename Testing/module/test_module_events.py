@@ -7,10 +7,25 @@ import json
 import pytest
 
 from AsymSegLib.Events import (
-    CheckpointEvent, DoneEvent, ErrorEvent, EventType, ExitCode, LogLine, ProgressEvent, StartEvent,
+    CheckpointEvent, DoneEvent, ErrorEvent, EventType, ExitCode, LogLine, PlanEvent, ProgressEvent, StartEvent,
     ValidationEvent, WarningEvent, exitMessage, parseLine,
 )
+from AsymSegLib.Plans import PlanRow, TrainingPlan
 from AsymSegLib.Runs import RunState, RunStatus, applyEvent, finishState, formatDuration
+
+PLAN = {"format": "asymseg-plan", "version": 1,
+        "settings": {"batch_size": 8, "target_spacing": [1.5, 0.8, 0.8], "patch_size": [48, 96, 96],
+                     "iterations": 700, "learning_rate": 0.001, "validation_interval": 50,
+                     "network": {"name": "unet", "channels": [32, 64], "strides": [2]},
+                     "normalization": {"mode": "zscore", "window": None, "statistics": "foreground"},
+                     "future_field": True},
+        "reasons": {"batch_size": "about 524,288 voxels per batch", "iterations": "80% of the 15-minute budget",
+                    "target_spacing": "a patch sees 64 mm of context"},
+        "source": {"batch_size": "plan", "target_spacing": "plan", "patch_size": "user", "iterations": "plan",
+                   "network": "initial model"},
+        "fingerprint": {"cases": 2}, "device": {"type": "cuda", "name": "NVIDIA H200", "cores": 16,
+                                                "memory_gib": 139.8},
+        "step_seconds": 1.03, "estimated_minutes": 15.0, "time_budget_minutes": 15}
 
 
 def line(**fields):
@@ -27,6 +42,7 @@ def test_every_protocol_event_parses_to_its_type():
          ValidationEvent),
         (line(type="warning", message="m", hint="h"), WarningEvent),
         (line(type="checkpoint", kind="best", path="/o/model_best.pt", iteration=3), CheckpointEvent),
+        (line(type="plan", plan=PLAN), PlanEvent),
         (line(type="error", kind="input", message="bad", hint="fix"), ErrorEvent),
         (line(type="done", status="finished", exit_code=0, model="/o/m.pt", outputs={"a": "/o/a"}), DoneEvent),
     ]
@@ -37,9 +53,10 @@ def test_every_protocol_event_parses_to_its_type():
     progress = parseLine(cases[1][0])
     assert (progress.iteration, progress.total, progress.loss, progress.etaSeconds) == (3, 10, 0.5, 3.5)
     assert progress.fraction == pytest.approx(0.3)
+    assert parseLine(cases[5][0]).plan == PLAN
     done = parseLine(cases[-1][0])
     assert (done.status, done.exitCode, done.model, done.outputs) == ("finished", 0, "/o/m.pt", {"a": "/o/a"})
-    assert parseLine(cases[5][0]).hint == "fix"
+    assert parseLine(cases[6][0]).hint == "fix"
 
 
 @pytest.mark.parametrize("text", ["plain text", "{not json", "[1, 2]", '{"no": "type"}', ""])
@@ -119,3 +136,38 @@ def test_exit_code_without_events_and_cancel_by_kill():
 
 def test_durations():
     assert formatDuration(5) == "5 s" and formatDuration(125) == "2 min 05 s" and formatDuration(3720) == "1 h 02 min"
+
+
+def test_the_plan_event_reads_as_rows_with_values_sources_and_reasons():
+    state = RunState(kind="plan")
+    feed(state, line(type="start", command="plan"), line(type="progress", phase="plan", iteration=0, total=2))
+    assert state.statusLine() == "Planning from the cases and the device 0/2..."
+    event = parseLine(line(type="plan", plan=PLAN))
+    applyEvent(state, event)
+    plan = state.plan
+    assert plan.stepSeconds == 1.03 and plan.estimatedMinutes == 15.0 and plan.timeBudgetMinutes == 15.0
+    rows = plan.rows()
+    assert [r.name for r in rows] == ["target_spacing", "patch_size", "batch_size", "iterations", "learning_rate",
+                                       "validation_interval", "network", "normalization", "future_field"]
+    assert rows[0] == PlanRow("target_spacing", "Target spacing", "1.5 x 0.8 x 0.8 mm", "planned",
+                              "a patch sees 64 mm of context")
+    assert rows[1] == PlanRow("patch_size", "Patch size", "48 x 96 x 96 voxels", "set by you", "")
+    assert (rows[3].value, rows[3].reason) == ("700", "80% of the 15-minute budget")
+    assert rows[4].value == "0.001" and rows[5].source == ""  # the engine gave no source: none shown
+    assert (rows[6].value, rows[6].source) == ("unet, channels [32, 64], strides [2]", "initial model")
+    assert rows[7].value == "zscore, statistics foreground"  # null keys are left out
+    assert (rows[8].label, rows[8].value) == ("Future field", "True")  # a field this module does not know yet
+    assert plan.summary() == ("Plan: about 15 min of training (budget 15 min) on cuda: NVIDIA H200, 139.8 GiB, "
+                              "1.03 s per iteration.")
+
+
+def test_a_partial_or_malformed_plan_still_reads():
+    native = TrainingPlan.fromDict({"settings": {"target_spacing": "native"}, "device": {"type": "cpu", "cores": 2,
+                                                                                         "memory_gib": None}})
+    assert native.rows()[0].value == "native (no resampling)"
+    assert native.summary() == "Plan: training time not estimated on cpu: 2 cores."
+    for junk in (None, [], {"settings": [1], "reasons": "x", "step_seconds": "1", "device": 3}):
+        plan = TrainingPlan.fromDict(junk)
+        assert plan.rows() == [] and plan.stepSeconds is None
+        assert plan.summary() == "Plan: training time not estimated on an unknown device."
+    assert isinstance(parseLine(line(type="plan", plan="not a plan")), PlanEvent)

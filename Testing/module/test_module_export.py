@@ -9,21 +9,13 @@ import pytest
 import slicer
 import vtk
 
-from asymseg_module_testing import addSegmentation, addVolume, blobCase, ijkToRas
+from asymseg_module_testing import SHAPE, addSegmentation, addVolume, blobCase, ijkToRas, readVolumeFile
 
 from AsymSegLib.Cases import CaseInput, checkCases
 from AsymSegLib.Classes import discoverClasses
 from AsymSegLib.Geometry import Geometry
+from AsymSegLib.JobSpec import TrainingSettings, buildJob
 from AsymSegLib.SceneExport import ExportError, exportCases
-
-
-def readBack(path):
-    """Read an exported file into a node of a private scene (no effect on the test scene)."""
-    node = slicer.vtkMRMLScalarVolumeNode()
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(str(path))
-    assert storage.ReadData(node)
-    return node
 
 
 def snapshot(nodes):
@@ -58,13 +50,14 @@ def test_export_preserves_geometry_label_values_and_class_map(mrml, tmp_path):
     for case, exported in zip(cases, result.cases):
         assert len(exported.images) == 2
         for node, relative in zip(case.images, exported.images):
-            back = readBack(tmp_path / relative)
+            back = readVolumeFile(tmp_path / relative)
             assert not Geometry.fromVolume(node).differences(Geometry.fromVolume(back), tolerance=1e-6)
             np.testing.assert_array_equal(slicer.util.arrayFromVolume(back), slicer.util.arrayFromVolume(node))
-        label = readBack(tmp_path / exported.label)
+        label = readVolumeFile(tmp_path / exported.label)
         assert not Geometry.fromVolume(case.images[0]).differences(Geometry.fromVolume(label), tolerance=1e-6)
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(readBack(tmp_path / result.cases[0].label)), label0)
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(readBack(tmp_path / result.cases[1].label)), label1 * 6)
+    labels = [slicer.util.arrayFromVolume(readVolumeFile(tmp_path / c.label)) for c in result.cases]
+    np.testing.assert_array_equal(labels[0], label0)
+    np.testing.assert_array_equal(labels[1], label1 * 6)
     # inputs untouched, no node left behind
     assert mrml.scene.GetNumberOfNodes() == count
     after = snapshot(inputs)
@@ -104,8 +97,8 @@ def test_segment_names_give_the_class_map_across_cases(mrml, tmp_path):
         cases.append(CaseInput([volume], addSegmentation(two, volume, names, name=f"seg{index}"), role))
     result = exportCases(cases, ["ct"], tmp_path)
     assert result.classes == {"background": [0], "Tumor": [1], "edema": [2]}  # merged case-insensitively
-    first = slicer.util.arrayFromVolume(readBack(tmp_path / result.cases[0].label))
-    second = slicer.util.arrayFromVolume(readBack(tmp_path / result.cases[1].label))
+    first = slicer.util.arrayFromVolume(readVolumeFile(tmp_path / result.cases[0].label))
+    second = slicer.util.arrayFromVolume(readVolumeFile(tmp_path / result.cases[1].label))
     np.testing.assert_array_equal(first, two)
     np.testing.assert_array_equal(second[two == 1], 2)  # 'edema' in the second case is class edema
     np.testing.assert_array_equal(second[two == 2], 1)
@@ -173,3 +166,69 @@ def test_inline_checks(mrml, tmp_path):
         exportCases(cases, ["a", "b"], tmp_path)
     assert "differs" in str(raised.value)
     assert not (tmp_path / "images").exists()
+
+
+def test_roi_masks_are_exported_on_the_first_channels_grid(mrml, tmp_path):
+    """A labelmap mask (non-zero = inside) and one segment of a segmentation become 0/1 masks in the job."""
+    cases, _ = makeCases(mrml)
+    a1, b1 = cases[0].images[0], cases[1].images[0]
+    inside = np.zeros(SHAPE, np.int16)
+    inside[4:20, 2:22, 3:18] = 7
+    cases[0].mask = addVolume(inside, "caseA_roi", labelmap=True)
+    regions = np.zeros(SHAPE, np.uint8)
+    regions[2:10] = 1
+    regions[12:22] = 2
+    roi = addSegmentation(regions, b1, {1: "brain", 2: "skull"}, name="caseB_roi")  # on case B's own grid
+    cases[1].mask, cases[1].maskSegment = roi, roi.GetSegmentation().GetSegmentIdBySegmentName("skull")
+    assert not [i for i in checkCases(cases, 2) if i.isError]
+    count = mrml.scene.GetNumberOfNodes()
+
+    result = exportCases(cases, ["t1", "t2"], tmp_path)
+
+    assert [c.mask for c in result.cases] == ["masks/000_caseA_t1.nrrd", "masks/001_caseB_t1.nrrd"]
+    job = buildJob(result, TrainingSettings())
+    assert [c["mask"] for c in job["cases"]] == [c.mask for c in result.cases]
+    for case, exported in zip(cases, result.cases):
+        back = readVolumeFile(tmp_path / exported.mask)
+        assert not Geometry.fromVolume(case.images[0]).differences(Geometry.fromVolume(back), tolerance=1e-6)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(readVolumeFile(tmp_path / result.cases[0].mask)),
+                                  (inside != 0).astype(np.uint8))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(readVolumeFile(tmp_path / result.cases[1].mask)),
+                                  (regions == 2).astype(np.uint8))  # the chosen segment only
+    cases[1].maskSegment = ""  # all segments: their union
+    union = exportCases(cases, ["t1", "t2"], tmp_path / "union")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(readVolumeFile(tmp_path / "union" / union.cases[1].mask)),
+                                  (regions != 0).astype(np.uint8))
+    assert mrml.scene.GetNumberOfNodes() == count  # no node left behind by the segment export
+    assert cases[0].mask.GetStorageNode() is None and a1.GetStorageNode() is None
+
+
+def test_roi_mask_problems_name_the_case_and_the_node(mrml, tmp_path):
+    image, label = blobCase(6)
+    volume = addVolume(image, "img")
+    annotation = addVolume(label, "lab", labelmap=True)
+    otherGrid = addVolume(np.ones_like(label), "roi_other_grid", ijkToRas(spacing=(2.0, 2.0, 2.0)), labelmap=True)
+    segmentation = addSegmentation(label, volume, {1: "brain"}, name="roi_seg")
+    cases = [CaseInput([volume], annotation, "train", mask=otherGrid),
+             CaseInput([volume], annotation, "validation", mask=segmentation, maskSegment="gone"),
+             CaseInput([volume], annotation, "train", mask=volume)]
+    text = [str(i) for i in checkCases(cases, 1) if i.isError]
+    assert any(t.startswith("Case 1: Geometry of ROI mask labelmap 'roi_other_grid' differs from channel 1: "
+                            "spacing") and "Resample the mask" in t for t in text), text
+    assert "Case 2: ROI mask segment 'gone' is not in segmentation 'roi_seg'. (Choose one of its segments again)" \
+        in text
+    assert any(t.startswith("Case 3: ROI mask 'img' is neither a labelmap volume nor a segmentation") for t in text)
+    with pytest.raises(ExportError, match="roi_other_grid"):
+        exportCases(cases, ["ct"], tmp_path)
+    assert not (tmp_path / "masks").exists()
+    # an empty mask is found by the voxel checks (with the classes) and blocks the export too
+    empty = addVolume(np.zeros_like(label), "roi_empty", labelmap=True)
+    emptyCases = [CaseInput([volume], annotation, "train", mask=empty)]
+    assert not [i for i in checkCases(emptyCases, 1) if i.isError]
+    issues = [str(i) for i in discoverClasses(emptyCases).issues]
+    assert issues == ["Case 1: ROI mask 'roi_empty' is empty: no voxel is inside. (Choose the mask (or segment) "
+                      "that covers the region of interest, or none)"]
+    with pytest.raises(ExportError, match="roi_empty"):
+        exportCases(emptyCases, ["ct"], tmp_path)
+    # masks with a structural problem are not read again by the voxel checks (one message per problem)
+    assert discoverClasses(cases).issues == []

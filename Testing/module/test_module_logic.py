@@ -6,6 +6,7 @@ import importlib
 import json
 import subprocess
 import sys
+import tempfile
 import types
 from datetime import datetime
 from pathlib import Path
@@ -21,13 +22,14 @@ from AsymSegLib.Cases import CaseInput
 from AsymSegLib.CaseStore import ParameterNodeCaseStore, loadCases, saveCases
 from AsymSegLib.Dependencies import DependencyStatus, SlicerDependencies, checkDependencies, ensureEngineReady
 from AsymSegLib.Devices import LocalDevices, deviceChoices, parseNvidiaSmi
-from AsymSegLib.JobSpec import TrainingSettings, buildJob, writeJob
+from AsymSegLib.JobSpec import PLANNED_FIELDS, TrainingSettings, buildJob, writeJob
 from AsymSegLib.Logic import (AsymSegCoreLogic, defaultOutputFolder, inferenceRunFolder, modelInfo, timestampedFolder,
                               trainingRunFolder)
-from AsymSegLib.ParameterNode import AsymSegParameters, fieldDefaults, settingsFromParameters
+from AsymSegLib.ParameterNode import SPACING_MODES, AsymSegParameters, fieldDefaults, settingsFromParameters
 from AsymSegLib.Presets import PRESETS, RECOMMENDED, techniqueSpec
+from AsymSegLib.Protocol import jobDefault
 from AsymSegLib.Runs import RunStatus
-from AsymSegLib.SceneExport import exportCases
+from AsymSegLib.SceneExport import ExportError, exportCases
 from AsymSegLib.Signal import Signal
 
 HERE = Path(__file__).resolve().parent
@@ -58,12 +60,17 @@ def test_job_spec_from_settings(mrml, tmp_path):
     export = exportCases(cases, ["ct"], tmp_path)
     settings = TrainingSettings(preset="asymmetric-margin", technique={"margin": 0.5, "gamma": 9.0}, iterations=50,
                                 patchSize=(16, 32, 32), batchSize=2, learningRate=1e-3, validationInterval=100,
+                                targetSpacing=(2.0, 1.0, 1.0), timeBudgetMinutes=5.0, earlyStopping=True,
                                 device="cuda:1")
     job = buildJob(export, settings)
     assert job["technique"] == {"preset": "asymmetric-margin", "margin": 0.5}  # gamma is not the preset's
     assert job["validation_interval"] == 50 and job["device"] == "cuda:1" and job["patch_size"] == [16, 32, 32]
+    assert (job["iterations"], job["batch_size"], job["learning_rate"]) == (50, 2, 1e-3)
+    assert job["target_spacing"] == [2.0, 1.0, 1.0]
+    assert job["time_budget_minutes"] == 5.0 and job["early_stopping"] is True
+    assert "network" not in job and "normalization" not in job  # not set in the panel: planned
     assert job["cases"] == [{"id": "000_img", "images": ["images/000_img_0000.nrrd"], "label": "labels/000_img.nrrd",
-                             "role": "train"}]
+                             "role": "train"}]  # no ROI mask: no "mask" key
     assert job["classes"] == {"background": [0], "label_1": [1]} and job["rarity"]["label_1"] == 1.0
     path = writeJob(job, tmp_path / "job.json")
     assert json.loads(path.read_text()) == job
@@ -74,32 +81,84 @@ def test_job_spec_from_settings(mrml, tmp_path):
     finally:
         sys.path.pop(0)
     with pytest.raises(ValueError, match="multiples of 8"):
-        buildJob(export, TrainingSettings(patchSize=(20, 20, 20)))
+        buildJob(export, TrainingSettings(patchSize=(20, 20, 20)))  # checked against the engine's default network
     assert not TrainingSettings(patchSize=(1, 64, 64)).problems()
     assert TrainingSettings(patchSize=(12, 12, 12), network={"strides": [2, 2]}).problems() == []
     with pytest.raises(ValueError, match="Margin"):
         techniqueSpec("asymmetric-margin", {"margin": 50})
 
 
+def test_auto_settings_are_left_out_of_the_job_for_the_engine_to_plan(mrml, tmp_path):
+    image, label = blobCase(0)
+    volume = addVolume(image, "img")
+    export = exportCases([CaseInput([volume], addVolume(label, "lab", labelmap=True), "train")], ["ct"], tmp_path)
+    job = buildJob(export, TrainingSettings())
+    assert not set(PLANNED_FIELDS) & set(job), "an auto setting was written into the job"
+    assert job["time_budget_minutes"] == jobDefault("time_budget_minutes") == 15.0
+    assert job["early_stopping"] is False and job["technique"]["preset"] == RECOMMENDED
+    # each set value is written alone; the others stay the engine's to plan
+    for settings, key, value in [(TrainingSettings(targetSpacing="native"), "target_spacing", "native"),
+                                 (TrainingSettings(batchSize=3), "batch_size", 3),
+                                 (TrainingSettings(iterations=7), "iterations", 7),
+                                 (TrainingSettings(learningRate=0.01), "learning_rate", 0.01),
+                                 (TrainingSettings(validationInterval=20), "validation_interval", 20),
+                                 (TrainingSettings(patchSize=(1, 64, 64)), "patch_size", [1, 64, 64])]:
+        job = buildJob(export, settings)
+        assert job[key] == value and set(PLANNED_FIELDS) & set(job) == {key}, key
+    # set values are checked against the engine's ranges; the messages name the setting
+    problems = TrainingSettings(iterations=0, batchSize=0, learningRate=2.0, validationInterval=0,
+                                timeBudgetMinutes=0.0, targetSpacing=(1.0, 0.0, 1.0), patchSize=(0, 64, 64)).problems()
+    assert problems == ["Iterations must be at least 1.", "Batch size must be at least 1.",
+                        "Learning rate must be in (0, 1].", "Validation interval must be at least 1.",
+                        "Time budget (minutes) must be in (0, 100000].",
+                        "Patch size needs three positive sizes (z, y, x), or auto for all three.",
+                        "Target spacing needs three positive spacings in mm (z, y, x)."]
+    assert TrainingSettings(targetSpacing="coarse").problems() == [
+        "Target spacing 'coarse' is unknown: use auto, native or three spacings."]
+    with pytest.raises(ValueError, match="Learning rate"):
+        buildJob(export, TrainingSettings(learningRate=0.0))
+
+
 def test_parameters_map_to_settings():
     defaults = fieldDefaults()
     parameters = types.SimpleNamespace(**defaults)
     settings = settingsFromParameters(parameters, device="cpu", initialModel="")
-    assert settings.preset == RECOMMENDED and settings.patchSize == (48, 48, 48) and settings.device == "cpu"
+    assert settings.preset == RECOMMENDED and settings.device == "cpu"
+    # a new panel leaves every planned setting to the engine (the old learning rate default 3e-4 is gone)
+    assert (settings.iterations, settings.patchSize, settings.batchSize, settings.learningRate,
+            settings.validationInterval, settings.targetSpacing) == (None,) * 6
+    assert (settings.timeBudgetMinutes, settings.earlyStopping) == (15.0, False)
     assert techniqueSpec(settings.preset, settings.technique) == {"preset": "asymmetric-focal", "gamma": 2.0}
     parameters.preset, parameters.mixupAlpha = "symmetric-mixup", 0.3
     assert techniqueSpec(parameters.preset, settingsFromParameters(parameters).technique)["mixup_alpha"] == 0.3
     assert set(PRESETS) >= {"vanilla", "asymmetric-combination"} and PRESETS[RECOMMENDED].recommended
     assert "(recommended)" in PRESETS[RECOMMENDED].displayLabel()
     assert isinstance(AsymSegParameters.iterations, int)
+    # values the user set under Advanced; a patch size is auto only when all three sizes are
+    parameters.iterations, parameters.batchSize, parameters.learningRate = 300, 2, 0.002
+    parameters.validationInterval, parameters.patchZ = 30, 1
+    parameters.timeBudgetMinutes, parameters.earlyStopping = 7.5, True
+    settings = settingsFromParameters(parameters)
+    assert (settings.iterations, settings.batchSize, settings.learningRate, settings.validationInterval) == \
+        (300, 2, 0.002, 30)
+    assert settings.patchSize == (1, 0, 0) and "Patch size needs three positive sizes" in settings.problems()[0]
+    assert (settings.timeBudgetMinutes, settings.earlyStopping) == (7.5, True)
+    expected = {"auto": None, "native": "native", "custom": (2.0, 0.5, 0.5)}
+    parameters.spacingZ, parameters.spacingY, parameters.spacingX = 2.0, 0.5, 0.5
+    for mode in SPACING_MODES:
+        parameters.targetSpacing = mode
+        assert settingsFromParameters(parameters).targetSpacing == expected[mode], mode
 
 
 def test_case_table_survives_scene_save_and_load(mrml, tmp_path):
     image, label = blobCase(1)
     a, b = addVolume(image, "flair"), addVolume(image, "t1")
     annotation = addSegmentation(label, a, {1: "lesion"})
+    roi = addSegmentation(np.ones_like(label), a, {1: "brain"}, name="roi")
+    brainId = roi.GetSegmentation().GetNthSegmentID(0)
     node = mrml.scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "AsymSeg")
-    cases = [CaseInput([a, b], annotation, "validation"), CaseInput([b, None], None, "train")]
+    cases = [CaseInput([a, b], annotation, "validation", mask=roi, maskSegment=brainId),
+             CaseInput([b, None], None, "train")]
     store = ParameterNodeCaseStore()  # what the panel is given
     saveCases(node, cases, ["FLAIR", "T1"])
     store.save(node, cases, ["FLAIR", "T1"])  # idempotent
@@ -107,6 +166,8 @@ def test_case_table_survives_scene_save_and_load(mrml, tmp_path):
     assert channels == ["FLAIR", "T1"]
     assert [c.images for c in restored] == [[a, b], [b, None]] and restored[0].annotation is annotation
     assert [c.role for c in restored] == ["validation", "train"]
+    assert (restored[0].mask, restored[0].maskSegment, restored[1].mask, restored[1].maskSegment) == \
+        (roi, brainId, None, "")
     path = tmp_path / "scene.mrml"
     mrml.scene.SetURL(str(path))
     assert mrml.scene.Commit()
@@ -118,8 +179,12 @@ def test_case_table_survives_scene_save_and_load(mrml, tmp_path):
     assert channels2 == ["FLAIR", "T1"]
     assert [[n.GetName() if n else None for n in c.images] for c in cases2] == [["flair", "t1"], ["t1", None]]
     assert cases2[0].annotation.GetName() == annotation.GetName() and cases2[1].annotation is None
+    assert cases2[0].mask.GetName() == "roi" and cases2[0].maskSegment == brainId and cases2[1].mask is None
+    saveCases(node, [cases[1], cases[0]], ["FLAIR"])  # the mask moves with its case
+    assert node.GetNodeReference("AsymSegCase0Mask") is None and node.GetParameter("AsymSegCase0MaskSegment") == ""
     saveCases(node, cases[:1], ["FLAIR"])
     assert len(loadCases(node)[0]) == 1 and node.GetNodeReference("AsymSegCase1Channel0") is None
+    assert node.GetNodeReference("AsymSegCase1Mask") is None
 
 
 def test_logic_flow_with_the_fake_engine(mrml, tmp_path):
@@ -157,6 +222,41 @@ def test_logic_flow_with_the_fake_engine(mrml, tmp_path):
     assert imported.metricsTable.GetNumberOfRows() == 2
     with pytest.raises(ValueError, match="channel"):
         logic.prepareInference(state.model, [cases[1].images[0], cases[0].images[0]], tmp_path / "x")
+
+
+def test_plan_runs_the_engines_plan_command_in_a_temporary_folder(mrml, tmp_path):
+    image, label = blobCase(3)
+    matrix = np.diag([0.8, 0.9, 2.5, 1.0])  # (i, j, k) spacing: the plan's is (z, y, x)
+    cases = [CaseInput([addVolume(image, f"img{i}", matrix)], addVolume(label, f"lab{i}", matrix, labelmap=True), role)
+             for i, role in enumerate(["train", "validation"])]
+    logic = AsymSegCoreLogic(python=sys.executable, engineDirectory=FAKE)
+    settings = TrainingSettings(batchSize=3, timeBudgetMinutes=4.0)
+    prepared = logic.preparePlan(cases, ["ct"], settings)
+    folder = prepared.folder
+    assert folder.name.startswith("AsymSegPlan_") and (folder / "images" / "000_img0_0000.nrrd").is_file()
+    assert "batch_size" in prepared.job and "iterations" not in prepared.job
+    task = logic.startPlan(prepared)
+    state = task.wait(timeout=60)
+    assert state.status is RunStatus.FINISHED and state.kind == "plan", task.log
+    assert [e.type.value for e in task.events] == ["start", "progress", "progress", "plan", "done"]
+    plan = logic.finishPlan(task)
+    assert not folder.exists()  # the temporary export is gone once the plan is read
+    assert plan is state.plan and plan.settings["target_spacing"] == [2.5, 0.9, 0.8]  # from the exported image
+    assert plan.source["batch_size"] == "user" and plan.settings["batch_size"] == 3
+    assert plan.source["iterations"] == "plan" and plan.settings["iterations"] == 384  # 80% of 4 min at 0.5 s
+    assert plan.estimatedMinutes == 4.0 and plan.timeBudgetMinutes == 4.0 and plan.device["type"] == "cpu"
+    assert "80% of the 4-minute budget" in plan.reasons["iterations"]
+    assert task.log == [plan.summary()]  # the run log has the summary; the plan view the settings
+    # a plan the engine refuses: no plan, the engine's message; the folder goes all the same
+    failing = logic.preparePlan(cases, ["ct"], TrainingSettings(extra={"fake": {"mode": "error"}}))
+    task = logic.startPlan(failing)
+    assert task.wait(timeout=60).status is RunStatus.FAILED and "mask's geometry differs" in task.state.message
+    assert logic.finishPlan(task) is None and not failing.folder.exists()
+    # an export that fails leaves no temporary folder behind
+    before = set(Path(tempfile.gettempdir()).glob("AsymSegPlan_*"))
+    with pytest.raises(ExportError, match="No annotation"):
+        logic.preparePlan([CaseInput([cases[0].images[0]], None, "train")], ["ct"], settings)
+    assert set(Path(tempfile.gettempdir()).glob("AsymSegPlan_*")) == before
 
 
 def test_signal_device_and_dependency_helpers():

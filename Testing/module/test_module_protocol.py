@@ -9,6 +9,7 @@ file the module relies on.
 from __future__ import annotations
 
 import re
+import types
 
 import pytest
 
@@ -21,9 +22,10 @@ errors = pytest.importorskip("AsymSegTrainer.errors")
 
 from AsymSegLib import Protocol  # noqa: E402
 from AsymSegLib.Events import EXIT_MESSAGES, EventType, ExitCode, eventFromDict  # noqa: E402
-from AsymSegLib.JobSpec import TrainingSettings  # noqa: E402
-from AsymSegLib.ParameterNode import TECHNIQUE_FIELDS, fieldDefaults  # noqa: E402
+from AsymSegLib.JobSpec import PLANNED_FIELDS, TrainingSettings, buildJob  # noqa: E402
+from AsymSegLib.ParameterNode import TECHNIQUE_FIELDS  # noqa: E402
 from AsymSegLib.Presets import PRESETS, SETTINGS, techniqueSpec  # noqa: E402
+from AsymSegLib.SceneExport import ExportedCase  # noqa: E402
 
 
 def test_the_module_reads_the_engine_file():
@@ -54,20 +56,21 @@ def test_each_preset_sends_what_the_engine_would_use():
         assert set(preset.settingKeys) == used, name  # the panel shows exactly the preset's numeric settings
 
 
-def test_job_built_with_panel_defaults_equals_the_engines_defaults(tmp_path):
-    settings = TrainingSettings()
-    job = {"cases": [{"id": "a", "images": ["a.nrrd"], "label": "a_label.nrrd", "role": "train"}],
-           "classes": {"background": [0], "lesion": [1]}, "technique": techniqueSpec(settings.preset),
-           "patch_size": list(settings.patchSize), "batch_size": settings.batchSize,
-           "iterations": settings.iterations, "learning_rate": settings.learningRate,
-           "validation_interval": settings.validationInterval, "device": settings.device, "loss": settings.loss}
-    explicit = jobspec.job_from_dict(job, tmp_path).to_dict()
+def test_a_job_with_the_panels_defaults_leaves_every_planned_field_to_the_engine(tmp_path):
+    """The panel's auto settings are the engine's planned fields, and its other defaults are the engine's own."""
+    assert set(PLANNED_FIELDS) == set(jobspec.PLANNED_FIELDS)
+    export = types.SimpleNamespace(channels=["channel0"], classes={"background": [0], "lesion": [1]},
+                                   rarity={"background": 0.0, "lesion": 1.0},
+                                   cases=[ExportedCase("a", ["a.nrrd"], "a_label.nrrd", "train")])
+    job = buildJob(export, TrainingSettings())
+    explicit = jobspec.job_from_dict(job, tmp_path)
+    assert sorted(explicit.unplanned()) == sorted(jobspec.PLANNED_FIELDS)
     implicit = jobspec.job_from_dict({k: job[k] for k in ("cases", "classes")}, tmp_path).to_dict()
-    implicit["technique"] = explicit["technique"]  # the job default is vanilla, the panel's the recommended
-    assert explicit == implicit
-    defaults = fieldDefaults()
-    assert (defaults["batchSize"], defaults["learningRate"], defaults["iterations"]) == \
-        (settings.batchSize, settings.learningRate, settings.iterations)
+    implicit["technique"] = explicit.to_dict()["technique"]  # the job default is vanilla, the panel's the recommended
+    assert explicit.to_dict() == implicit
+    user = jobspec.job_from_dict(buildJob(export, TrainingSettings(targetSpacing="native", batchSize=2)), tmp_path)
+    assert sorted(set(jobspec.PLANNED_FIELDS) - set(user.unplanned())) == ["batch_size", "target_spacing"]
+    assert user.given()["target_spacing"] == "native"
 
 
 def test_exit_codes_and_messages_are_the_engines():

@@ -7,15 +7,18 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import slicer
 
 import fakeqt
-from asymseg_module_testing import MODULE_DIR, QT_FILES, FakeDependencies, addVolume, blobCase, ijkToRas
+from asymseg_module_testing import (MODULE_DIR, QT_FILES, FakeDependencies, addSegmentation, addVolume, blobCase,
+                                    ijkToRas, readVolumeFile)
 
 from AsymSegLib.CaseStore import ParameterNodeCaseStore
 from AsymSegLib.Devices import GpuInfo, deviceChoices
@@ -98,12 +101,19 @@ def panelFactory(mrml, monkeypatch, tmp_path):
     popQtModules()  # later tests must not see the fake-qt imports
 
 
-def runTimer(panel, timeout=60.0):
+def runTimer(panel, timeout=60.0, poller=None):
+    """Poll the panel's engine task (or ``poller``'s) until it ends, as the Qt timer would."""
+    poller = poller or panel.poller
     deadline = time.time() + timeout
-    while panel.poller.timer.active:
-        panel.poller.timer.fireIfActive()
+    while poller.timer.active:
+        poller.timer.fireIfActive()
         assert time.time() < deadline, "\n".join(panel.ui.logTextEdit.lines[-20:])
         time.sleep(0.02)
+
+
+def planRows(ui) -> list[tuple]:
+    table = ui.planTable
+    return [tuple(table.item(row, column).text for column in range(4)) for row in range(table.rowCount)]
 
 
 def fillCases(panel, count=3):
@@ -147,7 +157,8 @@ def test_data_classes_technique_panels(panelFactory):
     assert [value for _, value in ui.deviceComboBox.items] == ["auto", "cpu", "cuda:0"]
     assert not ui.startButton.enabled
     fillCases(panel)
-    assert ui.casesTable.headers == ["t1", "t2", "Annotation", "Role", "Check"] and ui.casesTable.rowCount == 3
+    assert ui.casesTable.headers == ["t1", "t2", "Annotation", "ROI mask (optional)", "Role", "Check"]
+    assert ui.casesTable.rowCount == 3
     assert [r.roleSelector.currentText for r in panel.cases.rows] == ["train", "train", "validation"]
     cases, channels = panelFactory.store.saved[panelFactory.node.GetID()]  # every edit is saved
     assert channels == ["t1", "t2"] and [c.role for c in cases] == ["train", "train", "validation"]
@@ -294,3 +305,119 @@ def test_cancel_then_resume_and_failure_display(panelFactory, monkeypatch):
     assert panel.run.lastTrainingTask.state.status is RunStatus.FAILED
     assert "geometry differs" in ui.statusLabel.text and "Resample" in ui.statusLabel.text
     assert not ui.resumeButton.enabled
+
+
+def test_plan_shows_values_sources_and_reasons_before_start(panelFactory, monkeypatch):
+    panel = panelFactory.make()
+    ui = panel.ui
+    assert not ui.planButton.enabled and ui.planTable.headers == ["Setting", "Value", "Source", "Why"]
+    fillCases(panel)
+    assert ui.planButton.enabled and ui.startButton.enabled
+    panel.parameters.batchSize, panel.parameters.timeBudgetMinutes = 2, 6.0  # under Advanced, and the budget
+    ui.planButton.click()
+    assert panel.planPoller.running and not ui.planButton.enabled and ui.cancelButton.enabled
+    assert ui.startButton.enabled  # Start never waits for a plan
+    assert ui.planSummaryLabel.text == "<span>Starting the engine...</span>"
+    runTimer(panel, poller=panel.planPoller)
+    assert not panelFactory.errors and ui.planButton.enabled and not ui.cancelButton.enabled
+    assert ui.planSummaryLabel.text == ("<span>Plan: about 6 min of training (budget 6 min) on cpu: fake CPU, "
+                                        "2 cores, 0.50 s per iteration.</span>")
+    rows = {row[0]: row[1:] for row in planRows(ui)}
+    assert list(rows)[:6] == ["Target spacing", "Patch size", "Batch size", "Iterations", "Learning rate",
+                              "Validation interval"]
+    assert rows["Target spacing"] == ("1.5 x 1.2 x 1 mm", "planned",  # the exported images' (z, y, x) spacing
+                                      "the images' own spacing gives a patch enough context")
+    assert rows["Batch size"] == ("2", "set by you", "set in the job")
+    assert rows["Iterations"] == ("576", "planned", "80% of the 6-minute budget at 0.50 s per iteration measured "
+                                                    "on this device")
+    assert ui.logTextEdit.lines[-1] == "Plan: about 6 min of training (budget 6 min) on cpu: fake CPU, 2 cores, " \
+                                       "0.50 s per iteration."
+    assert not list(Path(tempfile.gettempdir()).glob("AsymSegPlan_*")), "the plan's temporary export is left"
+    assert panel.run.lastTrainingTask is None  # planning trains nothing
+    # a new case makes the plan stale: it is cleared
+    ui.addCaseButton.click()
+    assert ui.planTable.rowCount == 0 and "press Plan" in ui.planSummaryLabel.text
+
+
+def test_start_while_planning_cancels_the_plan_and_shows_the_trainings_own(panelFactory, monkeypatch):
+    panel = panelFactory.make()
+    ui = panel.ui
+    fillCases(panel)
+    smallTraining(panel)
+    fakeJob(monkeypatch, panel, plan_sleep=30, iterations=4)
+    ui.planButton.click()
+    planTask = panel.planPoller.task
+    deadline = time.time() + 30
+    while planTask.state.phase != "plan":  # the engine is planning (and listens to SIGTERM)
+        panel.planPoller.timer.fireIfActive()
+        assert time.time() < deadline, planTask.log
+        time.sleep(0.02)
+    assert ui.planSummaryLabel.text == "<span>Planning from the cases and the device 0/1...</span>"
+    ui.startButton.click()  # while the engine is still planning
+    assert panel.poller.running and planTask.process.cancelRequested
+    assert "plans this training first" in ui.planSummaryLabel.text and ui.planTable.rowCount == 0
+    runTimer(panel, poller=panel.planPoller, timeout=20)
+    assert planTask.state.status is RunStatus.CANCELLED and "plans this training first" in ui.planSummaryLabel.text
+    assert "fake plan cancelled" in planTask.log and "fake plan cancelled" not in ui.logTextEdit.lines
+    runTimer(panel)
+    assert panel.run.lastTrainingTask.state.status is RunStatus.FINISHED, ui.logTextEdit.lines
+    rows = {row[0]: row[1:] for row in planRows(ui)}  # the training's own plan event
+    assert rows["Iterations"][:2] == ("4", "set by you") and rows["Patch size"][:2] == ("16 x 16 x 16 voxels",
+                                                                                        "set by you")
+    assert rows["Learning rate"][:2] == ("0.001", "planned")
+    assert ui.planSummaryLabel.text.startswith("<span>Plan: about")
+    assert ui.logTextEdit.lines.count(panel.run.shownPlan.summary()) == 1  # the training's plan, in its log
+    assert not panelFactory.errors
+
+
+def test_a_failed_plan_says_why(panelFactory, monkeypatch):
+    panel = panelFactory.make()
+    fillCases(panel)
+    fakeJob(monkeypatch, panel, mode="error")
+    panel.ui.planButton.click()
+    runTimer(panel, poller=panel.planPoller)
+    text = panel.ui.planSummaryLabel.text
+    errorColor = sys.modules["AsymSegLib.QtUtils"].ERROR_COLOR
+    assert text.startswith(f"<span style='color:{errorColor}'>No plan: ") and "mask's geometry differs" in text
+    assert "Resample the mask" in text and panel.ui.planTable.rowCount == 0
+
+
+def test_advanced_settings_and_the_roi_mask_reach_the_job(panelFactory):
+    panel = panelFactory.make()
+    ui = panel.ui
+    for name in ("iterations", "batchSize", "learningRate", "validationInterval", "patchZ", "patchY", "patchX"):
+        spinBox = getattr(ui, f"{name}SpinBox")  # auto at the minimum, which the parameter's default is
+        assert spinBox.specialValueText == "auto" and spinBox.range[0] == getattr(panel.parameters, name) == 0, name
+    assert [data for _, data in ui.targetSpacingComboBox.items] == ["auto", "native", "custom"]
+    assert not ui.spacingZSpinBox.enabled
+    ui.targetSpacingComboBox.setCurrentIndex(2)
+    assert panel.parameters.targetSpacing == "custom" and ui.spacingZSpinBox.enabled
+    fillCases(panel, count=2)
+    panel.parameters.spacingZ, panel.parameters.earlyStopping, panel.parameters.timeBudgetMinutes = 3.0, True, 2.5
+    # an ROI mask: one segment of a segmentation on case 1
+    row = panel.cases.rows[0]
+    reference = row.channelSelectors[0].currentNode()
+    inside = np.zeros((24, 24, 24), np.uint8)
+    inside[2:20] = 1
+    inside[20:] = 2
+    roi = addSegmentation(inside, reference, {1: "brain", 2: "air"}, name="c0_roi")
+    assert not row.maskSegmentSelector.visible
+    row.maskSelector.setCurrentNode(roi)
+    assert [text for text, _ in row.maskSegmentSelector.items] == ["all segments", "brain", "air"]
+    assert row.maskSegmentSelector.visible
+    row.maskSegmentSelector.setCurrentIndex(1)
+    saved = panelFactory.store.saved[panelFactory.node.GetID()][0][0]
+    assert (saved.mask, saved.maskSegment) == (roi, roi.GetSegmentation().GetNthSegmentID(0))
+    ui.startButton.click()
+    runTimer(panel)
+    assert panel.run.lastTrainingTask.state.status is RunStatus.FINISHED, ui.logTextEdit.lines
+    runFolder = Path(ui.logTextEdit.lines[0].removeprefix("Run folder: "))
+    job = json.loads((runFolder / "job.json").read_text())
+    assert job["target_spacing"] == [3.0, 1.0, 1.0] and job["early_stopping"] is True
+    assert job["time_budget_minutes"] == 2.5 and not {"iterations", "batch_size", "patch_size"} & set(job)
+    assert job["cases"][0]["mask"] == "masks/000_c0_t1.nrrd" and "mask" not in job["cases"][1]
+    exported = slicer.util.arrayFromVolume(readVolumeFile(runFolder / job["cases"][0]["mask"]))
+    np.testing.assert_array_equal(exported, (inside == 1).astype(np.uint8))
+    # the restored panel shows the same mask and segment
+    restored = panelFactory.make().cases.rows[0]
+    assert restored.maskSelector.currentNode() is roi and restored.maskSegmentSelector.currentIndex == 1

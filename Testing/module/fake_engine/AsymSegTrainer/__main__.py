@@ -1,10 +1,16 @@
 """Fake engine: speaks docs/protocol.md on stdout so the module's process control can be tested
-without torch. Behaviour comes from the job's ``fake`` object (train) or ``--fake-mode`` (infer):
+without torch. Behaviour comes from the job's ``fake`` object (train, plan) or ``--fake-mode`` (infer):
 
     mode   "ok" (default) | "error" | "stubborn" (ignores SIGTERM and STOP, has a child) |
            "noise" (non-JSON lines on stdout, logs on stderr) | "crash" (dies without a done event)
     iterations, sleep   training iterations and seconds per iteration
     children            number of sleeping child processes to spawn (tree kill)
+    plan_sleep          seconds ``plan`` takes before its plan event (cancel while planning)
+
+``plan`` (and ``train`` before it trains) emits a ``plan`` event as the engine's planning.py
+does: every planned field the job leaves out gets a value and a reason (source ``plan``), a
+field the job sets is kept (source ``user``); the planned spacing is the first training
+image's own, read from the exported file (1 mm for a job without images).
 """
 
 import json
@@ -71,6 +77,71 @@ def spawn_children(count, stubborn):
     return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
 
 
+PLANNED = {"patch_size": ([32, 32, 32], "the fake device trains 32 voxels a side in reasonable time"),
+           "batch_size": (8, "about 262,144 voxels per batch on this device"),
+           "network": ({"name": "unet"}, "a CPU: MONAI UNet with the default widths"),
+           "normalization": ({"mode": "zscore", "statistics": "foreground"}, "MR-like: z-score per channel"),
+           "learning_rate": (0.001, "adam from scratch, decayed over the run")}
+STEP_SECONDS = 0.5
+
+
+def make_plan(job, job_dir):
+    """The plan of ``job`` as the engine would report it, with a fixed step time."""
+    settings, reasons, source = {}, {}, {}
+
+    def choose(name, value, reason):
+        if job.get(name) is not None:
+            settings[name], reasons[name], source[name] = job[name], "set in the job", "user"
+        else:
+            settings[name], reasons[name], source[name] = value, reason, "plan"
+
+    images = [c["images"][0] for c in job["cases"] if c.get("role", "train") == "train" and c["images"]]
+    if images:
+        import SimpleITK as sitk
+
+        native = list(reversed(sitk.ReadImage(str(job_dir / images[0])).GetSpacing()))
+    else:
+        native = [1.0, 1.0, 1.0]
+    choose("target_spacing", [round(s, 3) for s in native], "the images' own spacing gives a patch enough context")
+    for name, (value, reason) in PLANNED.items():
+        choose(name, value, reason)
+    budget = float(job.get("time_budget_minutes", 15.0))
+    choose("iterations", int(0.8 * budget * 60 / STEP_SECONDS),
+           f"80% of the {budget:g}-minute budget at {STEP_SECONDS:.2f} s per iteration measured on this device")
+    choose("validation_interval", max(10, settings["iterations"] // 12), "about 12 validations per run")
+    return {"format": "asymseg-plan", "version": 1, "settings": settings, "reasons": reasons, "source": source,
+            "fingerprint": {"cases": len(job["cases"]), "median_spacing": native},
+            "device": {"type": "cpu", "name": "fake CPU", "cores": 2, "memory_gib": None},
+            "step_seconds": STEP_SECONDS,
+            "estimated_minutes": round(settings["iterations"] * STEP_SECONDS / 60 / 0.8, 1),
+            "time_budget_minutes": budget}
+
+
+def plan(args):
+    job_path = Path(option(args, "--job"))
+    job = json.loads(job_path.read_text())
+    fake = job.get("fake", {})
+    emit("start", command="plan", config=job, device="cpu", versions={"asymseg": "fake"}, output="")
+    if fake.get("mode") == "error":
+        emit("error", kind="input", message="Case 000: the mask's geometry differs from its first image.",
+             hint="Resample the mask onto the image.")
+        emit("done", status="failed", exit_code=3, model=None, outputs={})
+        return 3
+    signal.signal(signal.SIGTERM, lambda *a: stop.update(requested=True))
+    emit("progress", phase="plan", iteration=0, total=1)
+    deadline = time.time() + float(fake.get("plan_sleep", 0.0))
+    while time.time() < deadline and not stop["requested"]:
+        time.sleep(0.02)
+    if stop["requested"]:
+        print("fake plan cancelled", file=sys.stderr, flush=True)
+        emit("done", status="cancelled", exit_code=10, model=None, outputs={})
+        return 10
+    emit("progress", phase="plan", iteration=1, total=1)
+    emit("plan", plan=make_plan(job, job_path.parent))
+    emit("done", status="finished", exit_code=0, model=None, outputs={})
+    return 0
+
+
 def train(args):
     job_path = Path(option(args, "--job"))
     job = json.loads(job_path.read_text())
@@ -96,9 +167,10 @@ def train(args):
         emit("progress", phase="load", iteration=1, total=1, case="x")
         os._exit(1)
     cases = job.get("cases", [])
+    emit("plan", plan=make_plan(job, job_path.parent))
     for i, case in enumerate(cases, start=1):
         emit("progress", phase="load", iteration=i, total=len(cases), case=case["id"])
-    total = int(fake.get("iterations", job.get("iterations", 3)))
+    total = int(fake.get("iterations", job.get("iterations") or 3))
     for it in range(1, total + 1):
         time.sleep(float(fake.get("sleep", 0.01)))
         if mode == "noise":
@@ -167,7 +239,9 @@ def main():
         return train(args)
     if args and args[0] == "infer":
         return infer(args)
-    print("usage: fake engine {train,infer}", file=sys.stderr)
+    if args and args[0] == "plan":
+        return plan(args)
+    print("usage: fake engine {train,plan,infer}", file=sys.stderr)
     return 2
 
 
