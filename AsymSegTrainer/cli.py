@@ -94,13 +94,52 @@ def _infer(args, sink: EventSink) -> dict:
     from .inference import infer_case, infer_dataset
 
     options = dict(overlap=args.overlap, device=args.device, postprocess=args.postprocess,
-                   probabilities=args.probabilities, sink=sink)
+                   probabilities=args.probabilities, sink=sink, logit_offsets=args.logit_offset or (),
+                   calibrated=args.calibrated)
     if args.dataset:
         outputs = infer_dataset(args.model, args.dataset, _ids(args.cases), args.out_dir, subset=args.subset,
                                 **options)
     else:
         outputs = infer_case(args.model, args.images, args.out, label=args.label, mask=args.mask, **options)
     return {"status": "finished", "outputs": outputs}
+
+
+def _calibrate(args, sink: EventSink) -> dict:
+    from .calibration import case_logits, describe, fit_offsets
+    from .data import read_nnunet_dataset
+    from .inference import check_overlap, load_predictor
+    from .jobspec import load_job
+    from .network import update_model_meta
+
+    model = Path(args.model).resolve()
+    if args.dataset:
+        _, specs = read_nnunet_dataset(args.dataset)
+        by_id = {spec.id: spec for spec in specs}
+        ids = _ids(args.cases)
+        missing = [i for i in ids if i not in by_id]
+        if not ids or missing:
+            raise InputError(f"calibrate --dataset needs --cases with case ids of {args.dataset}"
+                             + (f"; not there: {missing}" if missing else "."),
+                             f"Name the validation cases, e.g. --cases {','.join(list(by_id)[:2])}.")
+        specs = [by_id[i] for i in ids]
+    else:
+        job_file = model.parent / "job.json"
+        if not job_file.is_file():
+            raise InputError(f"No job.json beside {model}: the validation cases of its run are unknown.",
+                             "Give them with --dataset FOLDER --cases ID,ID.")
+        specs = load_job(job_file).cases_with_role("validation")
+        if not specs:
+            raise InputError(f"The run of {model} had no validation cases.",
+                             "Give labelled cases the model was not trained on with --dataset FOLDER --cases ID,ID.")
+    predictor = load_predictor(model, args.device)
+    sink.emit("start", command="calibrate", config={"model": str(model), "cases": [s.id for s in specs]},
+              device=str(predictor.device), versions=_versions(), output=str(model))
+    logits, labels = case_logits(predictor, specs, check_overlap(args.overlap), sink)
+    record = {**fit_offsets(logits, labels, predictor.class_names, predictor.meta["rarity"]),
+              "cases": [s.id for s in specs]}
+    update_model_meta(model, calibration=record)
+    sink.log(f"Calibrated {model.name}: {describe(record)}. infer --calibrated applies these offsets.")
+    return {"status": "finished", "outputs": {"model": str(model)}}
 
 
 def _evaluate(args, sink: EventSink) -> dict:
@@ -219,7 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--largest-component", dest="postprocess", action="store_const", const="largest",
                    help="the same as --postprocess largest (kept for older scripts)")
     i.add_argument("--probabilities", action="store_true", help="also write softmax probabilities")
+    i.add_argument("--logit-offset", action="append", metavar="NAME=VALUE",
+                   help="add VALUE to class NAME's logit before the arg-max (repeatable; > 0 grows the class, "
+                        "-100 empties it)")
+    i.add_argument("--calibrated", action="store_true",
+                   help="apply the offsets that calibrate (or training, on its validation cases) stored in the model; "
+                        "--logit-offset overrides them class by class")
     i.add_argument("--device", default="auto")
+
+    c = command("calibrate", "fit one logit offset per rare class on validation cases and store it in the model "
+                             "(post-hoc logit adjustment; infer --calibrated applies it)", _calibrate,
+                "python -m AsymSegTrainer calibrate --model runs/focal/model_best.pt")
+    c.add_argument("--model", required=True, type=Path, help="model file; it gets the offsets")
+    c.add_argument("--dataset", type=Path, help="nnU-Net v2 raw folder of the validation cases (default: the "
+                                                "validation cases of the model's run, from job.json beside it)")
+    c.add_argument("--cases", default="", metavar="ID,ID", help="with --dataset: the validation case ids")
+    c.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
+    c.add_argument("--device", default="auto")
 
     e = command("evaluate", "metrics of predicted label maps against ground truth", _evaluate,
                 "python -m AsymSegTrainer evaluate --predictions preds/ --dataset Dataset001 "

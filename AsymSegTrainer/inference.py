@@ -44,6 +44,7 @@ from torch import nn
 from .data import (SUPPORTED_EXTENSIONS, CaseSpec, ClassMap, LoadedCase, Normalization, load_case, read_image,
                    read_nnunet_dataset, spacing_zyx, to_reference, write_image)
 from .errors import InputError
+from .calibration import adjust, offset_vector, parse_offsets, stored_offsets
 from .evaluation import VARIANTS, label_array, raw_and_post
 from .files import case_inputs, check_writable_folder, refuse_overwriting_inputs, write_json
 from .formatting import percent
@@ -103,6 +104,15 @@ def load_predictor(model: Union[str, Path, Predictor], device: str = "auto") -> 
     torch_device = resolve_device(device)
     network.to(torch_device).eval()
     return Predictor(path, meta, network, torch_device, class_map, normalization)
+
+
+def resolve_offsets(predictor: Predictor, logit_offsets: Sequence[str] = (),
+                    calibrated: bool = False) -> Optional[Dict[str, float]]:
+    """The logit offsets of an inference: the model's calibrated ones (``calibrated``), overridden class by class by
+    ``--logit-offset NAME=VALUE`` strings; None when there are none."""
+    offsets = stored_offsets(predictor.meta, predictor.path) if calibrated else {}
+    offsets.update(parse_offsets(logit_offsets, predictor.class_names))
+    return offsets or None
 
 
 def _model_path(model: Union[str, Path, Predictor]) -> Path:
@@ -215,13 +225,15 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, postprocess: Optional[str] = None,
                probabilities: bool = False, sink: Optional[EventSink] = None, index: int = 1,
-               total: int = 1) -> Dict[str, str]:
+               total: int = 1, offsets: Optional[Dict[str, float]] = None) -> Dict[str, str]:
     """Segment one case (``spec``: images, optional label and mask) and write its outputs beside ``out``.
 
     The building block of infer_case and infer_cases; emits ``load`` and
     ``infer`` progress events (``iteration`` = ``index`` of ``total`` cases, plus
     ``fraction`` of the case's windows done). ``postprocess``: a spec for every class, else the
-    model's choice, else none (postprocessing.resolve_postprocessing). Returns output name -> path.
+    model's choice, else none (postprocessing.resolve_postprocessing). ``offsets``: class name ->
+    logit offset added before the arg-max and the softmax (calibration.py); the logit statistics
+    describe the network's own logits. Returns output name -> path.
     A ``<stem>_metrics.json`` or ``<stem>_probabilities.nii.gz`` left beside ``out`` by an earlier
     run and not written by this one is removed, and ``out`` itself is written last (an earlier one
     is removed first), so the files beside ``out`` always belong together and a run that fails
@@ -260,20 +272,24 @@ def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, 
     if spec.mask:
         mask = (_input_grid_array(spec.mask) != 0) if resampled else case.mask
 
-    raw = np.argmax(logits, axis=0).astype(np.uint8)
+    adjusted = adjust(logits, offset_vector(offsets, names))
+    raw = np.argmax(adjusted, axis=0).astype(np.uint8)
     written = apply_postprocessing(raw, postprocessing, names, spacing_zyx(case.reference))
 
     grouped_by = "reference" if label is not None else "prediction"
     stats = LogitStatistics(names, metadata={"grouped_by": grouped_by, "case": spec.id, "model": str(predictor.path),
                                              "images": [str(p) for p in spec.images], "label": spec.label,
-                                             "mask": spec.mask, "resampled": resampled})
-    stats.update(logits, label if label is not None else raw, mask)
+                                             "mask": spec.mask, "resampled": resampled,
+                                             "logit_offsets": offsets or None})
+    stats.update(logits, label if label is not None else raw, mask,
+                 voxel_volume_ml=float(np.prod(spacing_zyx(case.reference))) / 1000.0)
     paths["prediction"].unlink(missing_ok=True)  # an earlier run's: the prediction is written last, see below
     outputs = {"logits": str(write_json(paths["logits"], {**stats.to_dict(), "grouped_by": grouped_by}))}
 
     if label is not None:
         metrics = raw_and_post(raw, label, spacing_zyx(case.reference), names, postprocessing)
-        record = {"case": spec.id, "classes": names, "postprocessing": postprocessing, "written": "chosen", **metrics}
+        record = {"case": spec.id, "classes": names, "postprocessing": postprocessing, "written": "chosen",
+                  "logit_offsets": offsets or None, **metrics}
         outputs["metrics"] = str(write_json(paths["metrics"], record))
         for variant in VARIANTS:
             sink.log(f"{spec.id} {variant}: " + "; ".join(
@@ -281,7 +297,7 @@ def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, 
                 f"lesions found {m['lesions_detected']}/{m['lesions_reference']} FP {m['lesions_false_positive']}"
                 for name, m in metrics[variant].items()))
     if probabilities:
-        outputs["probabilities"] = str(write_image(_softmax(logits), case.reference, paths["probabilities"]))
+        outputs["probabilities"] = str(write_image(_softmax(adjusted), case.reference, paths["probabilities"]))
     for name in ("metrics", "probabilities"):  # a companion of an earlier run would pass for this run's
         if name not in outputs and paths[name].is_file():
             paths[name].unlink()
@@ -303,12 +319,15 @@ def _config(predictor: Predictor, **settings) -> dict:
 
 def infer_case(model, images: Sequence, out, label=None, mask=None, overlap: float = 0.5, device: str = "auto",
                postprocess: Optional[str] = None, probabilities: bool = False,
-               sink: Optional[EventSink] = None) -> Dict[str, str]:
+               sink: Optional[EventSink] = None, logit_offsets: Sequence[str] = (),
+               calibrated: bool = False) -> Dict[str, str]:
     """``infer --model M --images CH0 [CH1 ...] --out FILE``: one case; returns output name -> path.
 
     Outputs: ``prediction`` (FILE), ``logits``, with ``label`` ``metrics``, with
     ``probabilities`` ``probabilities`` (docs/protocol.md, "infer outputs"). ``postprocess``
     (``--postprocess``): a spec for every class; default the model's choice, else none.
+    ``logit_offsets`` (``--logit-offset NAME=VALUE`` strings) and ``calibrated`` (the offsets
+    stored by ``calibrate``): :func:`resolve_offsets`.
     """
     sink = sink or EventSink(progress_bar=False)
     if not images:
@@ -319,15 +338,17 @@ def infer_case(model, images: Sequence, out, label=None, mask=None, overlap: flo
                                                "--label": label, "--mask": mask, "--model": _model_path(model)})
     check_writable_folder(paths["prediction"].parent)
     predictor = load_predictor(model, device)
+    offsets = resolve_offsets(predictor, logit_offsets, calibrated)
     config = _config(predictor, images=[str(p) for p in images], label=label, mask=mask, out=paths["prediction"],
-                     overlap=overlap, device=device, probabilities=probabilities,
+                     overlap=overlap, device=device, probabilities=probabilities, logit_offsets=offsets,
                      postprocessing=resolve_postprocessing(postprocess, predictor.class_names, predictor.meta))
     sink.emit("start", command="infer", config=config, device=str(predictor.device), versions=versions(),
               output=str(paths["prediction"]))
     stem = paths["logits"].name[: -len("_logits.json")]
     spec = CaseSpec(id=stem, images=[str(p) for p in images], label=str(label) if label else None,
                     mask=str(mask) if mask else None, role="test")
-    return infer_spec(predictor, spec, paths["prediction"], overlap, postprocess, probabilities, sink)
+    return infer_spec(predictor, spec, paths["prediction"], overlap, postprocess, probabilities, sink,
+                      offsets=offsets)
 
 
 @dataclass
@@ -346,7 +367,8 @@ class CaseSet:
 
 def infer_cases(predictor: Predictor, specs: Sequence[CaseSpec], out_dir, file_ending: str = ".nii.gz",
                 overlap: float = 0.5, postprocess: Optional[str] = None, probabilities: bool = False,
-                sink: Optional[EventSink] = None, metadata: Optional[dict] = None) -> CaseSet:
+                sink: Optional[EventSink] = None, metadata: Optional[dict] = None,
+                offsets: Optional[Dict[str, float]] = None) -> CaseSet:
     """Segment several cases into ``out_dir/<case><file_ending>`` (+ companions) and pool what they measured.
 
     The one path from a model and a set of cases to their merged logit statistics and metrics:
@@ -354,10 +376,10 @@ def infer_cases(predictor: Predictor, specs: Sequence[CaseSpec], out_dir, file_e
     same model on the same input grid, so the two sides compare voxel for voxel). The merged
     statistics are grouped by the reference when every case has one, by the prediction when
     none has (else "mixed"); ``metadata`` is added to theirs. ``postprocess`` as for
-    infer_spec. ValueError for no cases.
+    infer_spec, and ``offsets``. ValueError for no cases.
     """
     outputs = {spec.id: infer_spec(predictor, spec, Path(out_dir) / f"{spec.id}{file_ending}", overlap,
-                                   postprocess, probabilities, sink, i, len(specs))
+                                   postprocess, probabilities, sink, i, len(specs), offsets)
                for i, spec in enumerate(specs, 1)}
     labelled = [bool(spec.label) for spec in specs]
     grouped_by = "reference" if all(labelled) else "prediction" if not any(labelled) else "mixed"
@@ -380,7 +402,8 @@ def infer_cases(predictor: Predictor, specs: Sequence[CaseSpec], out_dir, file_e
 
 def infer_dataset(model, dataset, case_ids: Sequence[str], out_dir, overlap: float = 0.5, device: str = "auto",
                   postprocess: Optional[str] = None, probabilities: bool = False,
-                  sink: Optional[EventSink] = None, subset: str = "Tr") -> Dict[str, str]:
+                  sink: Optional[EventSink] = None, subset: str = "Tr", logit_offsets: Sequence[str] = (),
+                  calibrated: bool = False) -> Dict[str, str]:
     """``infer --dataset DIR --out-dir OUT [--cases ...] [--subset Ts]``: cases of an nnU-Net v2 raw folder.
 
     Every case of images<subset> gets the outputs of infer_case in OUT (``<case><file_ending>``,
@@ -391,7 +414,7 @@ def infer_dataset(model, dataset, case_ids: Sequence[str], out_dir, overlap: flo
     (evaluation.write_metrics). Returns name -> path, with ``<case>``, ``<case>_logits``,
     ``<case>_metrics``, ``<case>_probabilities`` per case. No output may be or lie inside an input;
     OUT is locked for the command's life (locks.FolderLock) and the merged files of an earlier
-    run are removed before the first case.
+    run are removed before the first case. ``logit_offsets``, ``calibrated``: as for infer_case.
     """
     from .evaluation import metrics_paths, write_metrics
 
@@ -417,13 +440,14 @@ def infer_dataset(model, dataset, case_ids: Sequence[str], out_dir, overlap: flo
         for path in merged.values():  # an earlier run's would pass for this run's if this one failed part-way
             path.unlink(missing_ok=True)
         predictor = load_predictor(model, device)
+        offsets = resolve_offsets(predictor, logit_offsets, calibrated)
         config = _config(predictor, dataset=str(dataset), cases=[s.id for s in chosen], out_dir=out_dir,
-                         overlap=overlap, device=device, probabilities=probabilities,
+                         overlap=overlap, device=device, probabilities=probabilities, logit_offsets=offsets,
                          postprocessing=resolve_postprocessing(postprocess, predictor.class_names, predictor.meta))
         sink.emit("start", command="infer", config=config, device=str(predictor.device), versions=versions(),
                   output=str(out_dir))
         cases = infer_cases(predictor, chosen, out_dir, info["file_ending"], overlap, postprocess,
-                            probabilities, sink, {"model": str(predictor.path)})
+                            probabilities, sink, {"model": str(predictor.path)}, offsets)
         outputs = {}
         for case, files in cases.outputs.items():
             for name, path in files.items():

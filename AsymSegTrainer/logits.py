@@ -9,6 +9,27 @@ towards it; ``logit_shift`` measures this as dz = |mean z_unseen| - |mean z_trai
 histograms on fixed bin edges shared by every instance (so train and unseen histograms
 compare bin for bin, and partial results merge), plus exact count, mean, std, min and max.
 It saves to and loads from JSON, for the engine's inference and the Slicer module's plots.
+
+dz understates a logit that crosses the boundary (METHOD.md §1), so when the logit channels
+are the classes (``channel_names == class_names``, at least two) the accumulator also keeps
+the distribution of the TRUE-CLASS MARGIN ``m = z_g - max_{k != g} z_k`` over the voxels of
+each true class g: m < 0 puts the voxel on the wrong side of the decision boundary (argmax
+gives another class), so ``crossing_rate(g)`` is the voxel miss rate of g. Margins use the
+logits' bin edges with 0 added (the crossing rate is exact from the histogram) and carry the
+same exact count, mean, std, min and max. With ``voxel_volume_ml`` given to every update, the
+volume of each class (and of its voxels with m < 0) is summed in mL across cases of any spacing.
+
+JSON record (``to_dict``; version 1, keys added later are optional so older files still load):
+
+- ``format``, ``version``, ``class_names``, ``channel_names``, ``bin_edges``, ``count`` (G),
+  ``histogram`` (G, C, B), ``underflow``/``overflow`` (G, C), ``mean``/``m2``/``min``/``max``
+  (G, C; min/max null for classes without voxels), optional ``metadata``.
+- ``margins`` (absent when not collected: channels are not the classes, or a file written
+  before margins, or merged with one): a nested record of the same format with the one channel
+  ``"margin"``, the same class names and counts, and the margin bin edges.
+- ``volume_ml`` (G): mL of each class's voxels; null when an update had no voxel volume (or the
+  file predates it). ``missed_volume_ml`` (G): mL of those with margin < 0; null when either
+  the volume or the margins are unknown.
 """
 
 from __future__ import annotations
@@ -31,6 +52,8 @@ this range, and a quarter unit resolves the shift of a class's mean. Values outs
 in the underflow/overflow counters and still enter count, mean, std, min and max exactly."""
 DEFAULT_BIN_EDGES.setflags(write=False)
 
+MARGIN = "margin"  # the one channel of the margin statistics
+
 SUMMARY_QUANTILES = (5, 25, 50, 75, 95)  # percent, the keys of summary()'s "quantiles"
 
 _CHUNK = 1 << 20  # voxels processed at once: bounds update()'s working memory to a few x 8 MiB
@@ -46,7 +69,8 @@ class LogitStatistics:
     (default: the class names, since channel c is the logit of class c). Methods take a class
     ``g`` and a channel ``c`` as an index or a name. ``metadata`` is an optional JSON-ready dict
     of provenance (e.g. the case, the model, ``grouped_by``) carried through to_dict/from_dict
-    and save/load; it does not take part in merging or comparisons of the statistics.
+    and save/load; it does not take part in merging or comparisons of the statistics. Margins
+    and volumes: see the module docstring.
     """
 
     def __init__(self, class_names: Sequence[str], channel_names: Optional[Sequence[str]] = None,
@@ -66,18 +90,26 @@ class LogitStatistics:
         self._m2 = np.zeros(shape)  # sum of squared deviations from the mean
         self._min = np.full(shape, np.inf)
         self._max = np.full(shape, -np.inf)
+        # Margins need a true-class logit and at least one other: channels must be the classes.
+        margins = self.channel_names == self.class_names and len(self.class_names) > 1
+        self._margins = LogitStatistics(self.class_names, [MARGIN], _margin_edges(self.bin_edges)) if margins else None
+        self._volume: Optional[np.ndarray] = np.zeros(shape[0])  # mL per class; None once a case lacked it
+        self._missed_volume: Optional[np.ndarray] = np.zeros(shape[0]) if margins else None  # mL with margin < 0
 
     # ------------------------------------------------------------------ accumulation
 
-    def update(self, logits: ArrayLike, labels: ArrayLike, mask: Optional[ArrayLike] = None) -> None:
+    def update(self, logits: ArrayLike, labels: ArrayLike, mask: Optional[ArrayLike] = None,
+               voxel_volume_ml: Optional[float] = None) -> None:
         """Add one case: logits (C, *spatial) or (1, C, *spatial), labels (*spatial) or (1, *spatial).
 
         Labels are class indices 0..G-1 (integer, bool, or float holding whole numbers). Only
         voxels where ``mask`` (bool or integer, nonzero = inside) is set count. Torch logits are
         moved to the CPU once (float64 stays float64, other dtypes become float32). The volume is
-        processed in chunks, so memory stays bounded whatever the number of classes. On bad input
-        nothing is added.
+        processed in chunks, so memory stays bounded whatever the number of classes.
+        ``voxel_volume_ml`` (``np.prod(spacing_mm) / 1000``) adds the case's class volumes; without
+        it volume_ml() is None from now on. On bad input nothing is added.
         """
+        voxel_ml = _voxel_volume_ml(voxel_volume_ml)
         volume = _logits_volume(logits, self.channel_names)
         spatial = volume.shape[1:]
         flat_labels = _voxel_map(labels, spatial, "labels", "biuf", "an integer label map of class indices")
@@ -88,18 +120,40 @@ class LogitStatistics:
         case = self._empty_copy()
         for start in range(0, flat.shape[1], _CHUNK):
             part = slice(start, start + _CHUNK)
-            case._absorb(*self._chunk_state(flat[:, part], flat_labels[part],
-                                            None if inside is None else inside[part]))
-        self._absorb(*case._state())
+            state, margin_state = self._chunk_state(flat[:, part], flat_labels[part],
+                                                    None if inside is None else inside[part])
+            case._absorb(*state)
+            if margin_state is not None:
+                case._margins._absorb(*margin_state)
+        if voxel_ml is None:
+            case._volume = case._missed_volume = None
+        else:
+            case._volume = case._count * voxel_ml
+            if case._margins is not None:
+                case._missed_volume = case._margins._below_zero() * voxel_ml
+        self._add(case)
 
     def merge(self, other: "LogitStatistics") -> "LogitStatistics":
-        """Add another accumulator's cases (same names and bin edges); returns self."""
+        """Add another accumulator's cases (same names and bin edges); returns self.
+
+        Margins and volumes survive only if both sides have them (else they become absent/None).
+        """
         self._check_compatible(other, "other", same_edges=True)
-        self._absorb(*other._state())
+        self._add(other)
         return self
 
+    def _add(self, other: "LogitStatistics") -> None:
+        """Add a compatible accumulator's whole state: moments, histograms, margins and volumes."""
+        self._absorb(*other._state())
+        if self._margins is not None and other._margins is not None:
+            self._margins._absorb(*other._margins._state())
+        else:
+            self._margins = None
+        self._volume = _sum_or_none(self._volume, other._volume)
+        self._missed_volume = _sum_or_none(self._missed_volume, other._missed_volume)
+
     def _chunk_state(self, values: np.ndarray, labels: np.ndarray, inside: Optional[np.ndarray]) -> tuple:
-        """State arrays of one chunk: values (C, V), labels (V,), inside (V,) or None."""
+        """(state arrays, margin state arrays or None) of one chunk: values (C, V), labels (V,), inside (V,) or None."""
         if inside is not None:
             labels = labels[inside]
         labels = self._class_indices(labels)
@@ -108,8 +162,10 @@ class LogitStatistics:
         hist = np.zeros_like(self._hist)
         mean, m2 = np.zeros_like(self._mean), np.zeros_like(self._m2)
         low, high = np.full_like(self._min, np.inf), np.full_like(self._max, -np.inf)
-        members = [(g, labels == g) for g in np.flatnonzero(count)]
+        members = {g: labels == g for g in np.flatnonzero(count)}
         offset = labels * width
+        if self._margins is not None:  # channel c is the logit of class c
+            true_logit, other_max = np.empty(labels.size), np.full(labels.size, -np.inf)
         for c in range(num_channels):
             x = (values[c] if inside is None else values[c][inside]).astype(np.float64)
             sums = np.bincount(labels, weights=x, minlength=num_classes)
@@ -124,10 +180,20 @@ class LogitStatistics:
             bins[x == self.bin_edges[-1]] = width - 2  # the last bin is closed, as in np.histogram
             bins += offset
             hist[:, c] = np.bincount(bins, minlength=num_classes * width).reshape(num_classes, width)
-            for g, member in members:
+            for g, member in members.items():
                 low[g, c] = np.min(x, where=member, initial=np.inf)
                 high[g, c] = np.max(x, where=member, initial=-np.inf)
-        return count, hist, mean, m2, low, high
+            if self._margins is not None:
+                own = members.get(c)
+                if own is None:
+                    np.maximum(other_max, x, out=other_max)
+                else:
+                    true_logit[own] = x[own]
+                    np.maximum(other_max, x, out=other_max, where=~own)
+        margin_state = None
+        if self._margins is not None:
+            margin_state = self._margins._chunk_state((true_logit - other_max)[None], labels, None)[0]
+        return (count, hist, mean, m2, low, high), margin_state
 
     def _class_indices(self, labels: np.ndarray) -> np.ndarray:
         num_classes = len(self.class_names)
@@ -157,6 +223,11 @@ class LogitStatistics:
 
     def _empty_copy(self) -> "LogitStatistics":
         return LogitStatistics(self.class_names, self.channel_names, self.bin_edges)
+
+    def _below_zero(self) -> np.ndarray:
+        """Per class, the voxels of channel 0 below 0; exact for the margin statistics, whose edges hold 0."""
+        zero = int(np.searchsorted(self.bin_edges, 0.0))
+        return self._hist[:, 0, :zero + 1].sum(axis=1)  # underflow and the bins [e_k, e_k+1) with e_k+1 <= 0
 
     def _check_compatible(self, other: "LogitStatistics", name: str, same_edges: bool) -> None:
         if not isinstance(other, LogitStatistics):
@@ -250,6 +321,47 @@ class LogitStatistics:
             } for g, name in enumerate(self.class_names)
         }
 
+    @property
+    def has_margins(self) -> bool:
+        """Whether the true-class margins were collected (see the module docstring)."""
+        return self._margins is not None
+
+    def margin_histogram(self, g: Key) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """(bin edges, counts) of the margin over class g, like histogram(); None without margins."""
+        g = self._class(g)
+        return None if self._margins is None else self._margins.histogram(g, 0)
+
+    def margin_mean(self, g: Key) -> Optional[float]:
+        """Mean margin z_g - max_{k != g} z_k over class g (exact); None without margins or voxels."""
+        g = self._class(g)
+        return None if self._margins is None else self._margins.mean(g, 0)
+
+    def margin_quantile(self, g: Key, q: float) -> Optional[float]:
+        """The q-quantile of the margin over class g, as quantile(); None without margins or voxels."""
+        g = self._class(g)
+        return None if self._margins is None else self._margins.quantile(g, 0, q)
+
+    def crossing_rate(self, g: Key) -> Optional[float]:
+        """Fraction of class-g voxels with margin < 0, on the wrong side of the decision boundary.
+
+        That is the voxel miss rate, 1 - voxel sensitivity of the argmax (exact ties count as
+        correct). None without margins or voxels.
+        """
+        g = self._class(g)
+        if self._margins is None or not self._count[g]:
+            return None
+        return float(self._margins._below_zero()[g] / self._count[g])
+
+    def volume_ml(self, g: Key) -> Optional[float]:
+        """Volume of the class-g voxels in mL, summed over the cases; None if an update lacked voxel_volume_ml."""
+        g = self._class(g)
+        return None if self._volume is None else float(self._volume[g])
+
+    def missed_volume_ml(self, g: Key) -> Optional[float]:
+        """Volume in mL of the class-g voxels with margin < 0; None without margins or volumes."""
+        g = self._class(g)
+        return None if self._missed_volume is None else float(self._missed_volume[g])
+
     def _class(self, g: Key) -> int:
         return _index(g, self.class_names, "g", "class")
 
@@ -259,7 +371,17 @@ class LogitStatistics:
     # ------------------------------------------------------------------ persistence
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict that from_dict restores exactly (counts, edges and float64 moments)."""
+        """A JSON-ready dict that from_dict restores exactly (counts, edges, float64 moments, margins, volumes)."""
+        return {
+            **self._record(),
+            **({"margins": self._margins._record()} if self._margins is not None else {}),
+            "volume_ml": None if self._volume is None else self._volume.tolist(),
+            "missed_volume_ml": None if self._missed_volume is None else self._missed_volume.tolist(),
+            **({"metadata": dict(self.metadata)} if self.metadata else {}),
+        }
+
+    def _record(self) -> dict:
+        """The histograms and moments of to_dict()."""
         empty = self._count == 0
         return {
             "format": FORMAT,
@@ -275,12 +397,28 @@ class LogitStatistics:
             "m2": self._m2.tolist(),
             "min": [[None if empty[g] else v for v in row] for g, row in enumerate(self._min.tolist())],
             "max": [[None if empty[g] else v for v in row] for g, row in enumerate(self._max.tolist())],
-            **({"metadata": dict(self.metadata)} if self.metadata else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "LogitStatistics":
-        """Rebuild from to_dict()'s output; ValueError if it is not a consistent version-1 record."""
+        """Rebuild from to_dict()'s output; ValueError if it is not a consistent version-1 record.
+
+        A record without ``margins`` / ``volume_ml`` (written before they existed) loads without them.
+        """
+        stats = cls._from_record(d)
+        stats._margins = stats._margins_from(d)
+        shape = stats._count.shape
+        stats._volume = _volume_field(d, "volume_ml", shape)
+        stats._missed_volume = _volume_field(d, "missed_volume_ml", shape)
+        if stats._missed_volume is not None and (stats._margins is None or stats._volume is None
+                                                 or (stats._missed_volume > stats._volume).any()):
+            raise ValueError("logit-statistics record is inconsistent: missed_volume_ml needs margins and "
+                             "volume_ml, and may not exceed volume_ml.")
+        return stats
+
+    @classmethod
+    def _from_record(cls, d: dict) -> "LogitStatistics":
+        """The histograms and moments of a to_dict() record (margins and volumes not read)."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             found = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise ValueError(f"not a logit-statistics record: format is {found!r}, expected {FORMAT!r}.")
@@ -307,6 +445,24 @@ class LogitStatistics:
             raise ValueError("logit-statistics record is inconsistent: m2 must be >= 0 and min <= max.")
         stats._min, stats._max = np.where(empty, np.inf, low), np.where(empty, -np.inf, high)
         return stats
+
+    def _margins_from(self, d: dict) -> Optional["LogitStatistics"]:
+        """The margin statistics of record ``d``, checked against these; None when it has none."""
+        if d.get("margins") is None:
+            return None
+        if self._margins is None:
+            raise ValueError("logit-statistics record has margins, but margins are defined only when the channels "
+                             "are the classes (channel c the logit of class c) and there are at least two.")
+        try:
+            margins = LogitStatistics._from_record(d["margins"])
+        except ValueError as exc:
+            raise ValueError(f"field 'margins': {exc}") from None
+        if (margins.class_names != self.class_names or margins.channel_names != [MARGIN]
+                or not np.array_equal(margins.bin_edges, self._margins.bin_edges)
+                or not np.array_equal(margins._count, self._count)):
+            raise ValueError(f"field 'margins' must have the classes {self.class_names}, their counts, the one "
+                             f"channel {MARGIN!r} and the bin edges with 0 added.")
+        return margins
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write JSON atomically (files.write_json)."""
@@ -339,6 +495,50 @@ def logit_shift(train: LogitStatistics, unseen: LogitStatistics) -> dict[str, di
             before, after = train.mean(g, c), unseen.mean(g, c)
             shift[name][channel] = None if before is None or after is None else abs(after) - abs(before)
     return shift
+
+
+def margin_shift(train: LogitStatistics, unseen: LogitStatistics) -> dict[str, dict[str, Optional[float]]]:
+    """Per class name: crossing rate and mean margin, training vs unseen.
+
+    ``{"train_crossing", "unseen_crossing", "train_mean", "unseen_mean"}``; a crossing rate
+    rising on unseen cases is the share of the class the model now misses. None where a side
+    has no margins or no voxels of that class. Bin edges may differ.
+    """
+    if not isinstance(train, LogitStatistics):
+        raise ValueError(f"train must be a LogitStatistics; got {type(train).__name__}.")
+    train._check_compatible(unseen, "unseen", same_edges=False)
+    return {name: {"train_crossing": train.crossing_rate(g), "unseen_crossing": unseen.crossing_rate(g),
+                   "train_mean": train.margin_mean(g), "unseen_mean": unseen.margin_mean(g)}
+            for g, name in enumerate(train.class_names)}
+
+
+def _margin_edges(edges: np.ndarray) -> np.ndarray:
+    """The logits' bin edges with 0 added, never as the last edge (the last bin is closed)."""
+    return _bin_edges(np.union1d(edges, [0.0] if edges[-1] > 0 else [0.0, 1.0]))
+
+
+def _voxel_volume_ml(value) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"voxel_volume_ml must be a positive number of millilitres, np.prod(spacing_mm) / 1000, "
+                         f"or None; got {value!r}.")
+    return float(value)
+
+
+def _sum_or_none(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    return None if a is None or b is None else a + b
+
+
+def _volume_field(d: dict, key: str, shape: tuple) -> Optional[np.ndarray]:
+    """A per-class volume of a record, or None when it is null or absent (unknown)."""
+    if d.get(key) is None:
+        return None
+    volume = _field(d, key, shape, False)
+    if (volume < 0).any():
+        raise ValueError(f"field {key!r} must hold volumes >= 0.")
+    return volume
 
 
 def _names(names: Sequence[str], argument: str) -> list[str]:

@@ -96,6 +96,14 @@ def load_model_file(path: Path) -> Tuple[dict, dict]:
     return state, json.loads(state["meta"])
 
 
+def update_model_meta(path: Path, **fields) -> None:
+    """Add ``fields`` to the meta of the model file ``path``, atomically; weights and optimiser state stay."""
+    state, meta = load_model_file(Path(path))
+    state["meta"] = json.dumps({**meta, **fields})
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
 def load_weights(model: nn.Module, state_dict: dict) -> list:
     """Load matching weights; return the names left at their fresh initialisation (shape differs).
 

@@ -26,18 +26,13 @@ A spec is a string, the same on the command line and in the model file: ``none``
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
-import torch
 
 from .errors import InputError
-from .files import atomic_output
 from .metrics import component_volumes, connected_components, dice, keep_largest_component, lesion_metrics
-from .network import load_model_file
 
 MIN_SIZES_MM3 = (3.0, 10.0, 30.0, 100.0)
 """Thresholds of the ``min-size`` candidates in mm^3: speckle of a few voxels at 1 mm, then the
@@ -164,14 +159,3 @@ def choose_postprocessing(predictions: Sequence[np.ndarray], references: Sequenc
         chosen[name] = best
     return {"classes": chosen, "criterion": CRITERION, "candidates": list(CANDIDATES), "validation_cases": len(cases),
             "scores": scores}
-
-
-def store_postprocessing(path, choice: dict) -> None:
-    """Add ``choice`` (``choose_postprocessing``'s record) to the meta of the model file ``path``, atomically.
-
-    Weights, optimiser state and iteration stay as they are; ``infer`` then applies the choice.
-    """
-    state, meta = load_model_file(Path(path))
-    state["meta"] = json.dumps({**meta, "postprocessing": choice})
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from . import distributed
+from .calibration import describe as describe_offsets
+from .calibration import fit_offsets
 from .checkpointing import ValidationCurve, ValidationDecision
 from .data import LoadedCase, load_case
 from .errors import DivergenceError, InputError, ResourceError
@@ -34,9 +36,9 @@ from .locks import LOCK_FILE, FolderLock
 from .logits import LogitStatistics
 from .losses import AsymmetricLoss, TermLoss, ldam_rarity, logit_adjusted_ce, soft_fbeta_loss
 from .metrics import case_metrics, summarize
-from .network import build_network, load_model_file, load_weights, save_model
+from .network import build_network, load_model_file, load_weights, save_model, update_model_meta
 from .planning import plan_job
-from .postprocessing import choose_postprocessing, store_postprocessing
+from .postprocessing import choose_postprocessing
 from .prediction import predict_logits
 from .regularizers import (adversarial_perturbation, choose_patches_to_augment, mixup_batch, mixup_targets,
                            sample_mixup_lambda)
@@ -53,6 +55,9 @@ _TEMPORARY = re.compile(r"^\.(model_last|model_best|job|validation|plan|logit_st
 """files.atomic_output's temporary files of those outputs: left behind only by a killed run."""
 RESUMABLE_CHANGES = {"iterations", "device", "amp", "output"}
 """Job fields ``--resume`` may change; any other difference means another run."""
+CROSSING_ALARM = 0.2
+"""The over-fitting warning: a rare class misses this share more of its validation voxels than of its training ones
+(20 points; early in training both are high and close, and a memorised class drives the training share to ~0)."""
 POLY_EXPONENT = 0.9  # nnU-Net's polynomial learning-rate decay
 OPTIMIZERS = {  # the job's ``optimizer`` choices (protocol.json)
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
@@ -407,16 +412,50 @@ class Trainer:
             for j, name in enumerate(names[1:], 1):
                 for key in per_class[name]:
                     per_class[name][key].append(result[j][key])
-        self.model.train()
         metrics = {name: {k: summarize(v)["mean"] for k, v in d.items()} for name, d in per_class.items()}
+        crossing = self._crossing_rates(metrics)
+        self.model.train()
         dscs = [m["dsc"] for m in metrics.values() if m["dsc"] is not None]
         mean_dsc = float(np.mean(dscs)) if dscs else math.nan
         decision = self.curve.update(iteration, mean_dsc, self.job.iterations)
         self.history.append({"iteration": iteration, "metrics": metrics, "mean_dsc": decision.to_dict()["mean_dsc"],
-                             "smoothed_mean_dsc": decision.to_dict()["smoothed"]})
+                             "smoothed_mean_dsc": decision.to_dict()["smoothed"], "crossing": crossing})
         self.sink.emit("validation", iteration=iteration, metrics=metrics, mean_dsc=mean_dsc,
-                       smoothed_mean_dsc=decision.smoothed, best=decision.best)
+                       smoothed_mean_dsc=decision.smoothed, best=decision.best, crossing=crossing)
+        self._overfitting_alarm(iteration, crossing)
         return decision
+
+    def _crossing_rates(self, metrics: Dict[str, dict]) -> Dict[str, dict]:
+        """Per rare class, the share of its voxels on the wrong side of the decision boundary (true-class margin < 0,
+        i.e. 1 - voxel sensitivity) on the training and on the validation cases."""
+        rare = [j for j, r in enumerate(self.job.rarity) if r > 0]
+        names = self.job.class_map.names
+        missed = {j: [0, 0] for j in rare}  # missed, total voxels over the training cases
+        for case in self.train_cases:
+            prediction = self._logits(case).argmax(0).numpy()
+            for j in rare:
+                truth = case.label == j
+                missed[j][0] += int((truth & (prediction != j)).sum())
+                missed[j][1] += int(truth.sum())
+        return {names[j]: {"train": missed[j][0] / missed[j][1] if missed[j][1] else None,
+                           "validation": None if metrics[names[j]]["sensitivity"] is None
+                           else 1.0 - metrics[names[j]]["sensitivity"]} for j in rare}
+
+    def _overfitting_alarm(self, iteration: int, crossing: Dict[str, dict]) -> None:
+        """A ``warning`` the first time a rare class misses CROSSING_ALARM more of its validation voxels than of its
+        training voxels: the paper's over-fitting signature, while there is still time to act."""
+        for name, rates in crossing.items():
+            if name in self.alarmed or rates["train"] is None or rates["validation"] is None:
+                continue
+            if rates["validation"] - rates["train"] >= CROSSING_ALARM:
+                self.alarmed.add(name)
+                self.sink.warning(
+                    f"Over-fitting of {name} at iteration {iteration}: {rates['validation']:.0%} of its voxels in the "
+                    f"validation cases fall on the wrong side of the decision boundary (missed), against "
+                    f"{rates['train']:.0%} in the training cases. The network memorises the training cases' "
+                    f"{name} and under-segments new ones.",
+                    "Use an asymmetric technique (e.g. asymmetric-focal), more training cases or a shorter run; after "
+                    "training, calibrate moves the boundary back (infer --calibrated).")
 
     def _checkpoint(self, kind: str, iteration: int) -> Optional[Path]:
         """Save the model (rank 0 only: the ranks' weights are identical)."""
@@ -428,17 +467,23 @@ class Trainer:
         self.sink.emit("checkpoint", kind=kind, path=str(path), iteration=iteration)
         return path
 
-    def _choose_postprocessing(self) -> None:
-        """Each class's post-processing, chosen on the validation cases, stored in both model files."""
+    def _fit_on_validation(self) -> None:
+        """Each class's post-processing and the rare classes' logit offsets, chosen on the validation cases and
+        stored in both model files. The offsets are reported but off by default (``infer --calibrated``)."""
         names = self.job.class_map.names
+        labels = [c.label for c in self.val_cases]
         for path in {self.out / LAST, self.model_path}:
             load_weights(self.model, load_model_file(path)[0]["state_dict"])
-            predictions = [self._logits(case).argmax(0).numpy() for case in self.val_cases]
-            choice = choose_postprocessing(predictions, [c.label for c in self.val_cases],
+            logits = [self._logits(case).numpy() for case in self.val_cases]
+            choice = choose_postprocessing([z.argmax(0) for z in logits], labels,
                                            [c.spacing for c in self.val_cases], names)
-            store_postprocessing(path, choice)
+            calibration = {**fit_offsets(logits, labels, names, self.job.rarity),
+                           "cases": [c.id for c in self.val_cases]}
+            update_model_meta(path, postprocessing=choice, calibration=calibration)
             self.sink.log(f"Post-processing chosen on the validation cases for {path.name}: "
                           + ", ".join(f"{name} {spec}" for name, spec in choice["classes"].items()))
+            self.sink.log(f"Logit offsets fitted on the validation cases for {path.name} (not applied unless infer "
+                          f"--calibrated): {describe_offsets(calibration)}")
 
     def _logit_statistics(self) -> Dict[str, str]:
         """Statistics of the model that ``done`` hands out (the best checkpoint when validation ran)."""
@@ -451,7 +496,8 @@ class Trainer:
             stats = LogitStatistics(self.job.class_map.names)
             for i, case in enumerate(cases, 1):
                 self.sink.emit("progress", phase="logit-statistics", iteration=i, total=len(cases), case=case.id)
-                stats.update(self._logits(case), case.label, case.mask)
+                stats.update(self._logits(case), case.label, case.mask,
+                             voxel_volume_ml=float(np.prod(case.spacing)) / 1000.0)
             path = self.out / f"logit_statistics_{role}.json"
             stats.save(path)
             outputs[f"logit_statistics_{role}"] = str(path)
@@ -490,7 +536,7 @@ class Trainer:
                              "Check the label maps and the 'classes' mapping of label values, or add cases that "
                              "show the structure.")
         self._check_validation_labels()
-        self.history = []
+        self.history, self.alarmed = [], set()
         start = self._build(resume)
         self.curve = ValidationCurve(history=self.history)
         stop = StopRequest(self.out)
@@ -509,7 +555,7 @@ class Trainer:
             chosen = self.curve.best_iteration if self.model_path.name == BEST else iteration
             self.sink.emit("checkpoint", kind="chosen", path=str(self.model_path), iteration=chosen,
                            reason=self.curve.choice_sentence(job.iterations, self.model_path.name))
-            self._choose_postprocessing()
+            self._fit_on_validation()
         if status == "finished" and job.logit_statistics:
             outputs.update(self._logit_statistics())
         return TrainResult(status, self.model_path, iteration, outputs)

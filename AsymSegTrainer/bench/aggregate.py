@@ -21,7 +21,7 @@ from ..runtime import versions
 from .claims import aggregation_lock
 from .folds import Run, folds_of
 from .report import report_markdown
-from .runs import LAST_SUFFIX, logit_means, pooled_summary, run_record
+from .runs import CALIBRATED, CALIBRATED_ROW, LAST_SUFFIX, logit_means, pooled_summary, run_record
 from .settings import BENCH_FORMAT, BENCH_VERSION, created
 
 RUN_KEYS = ("method", "fold", "seed", "train_cases", "validation_cases", "test_cases", "postprocessing", *VARIANTS,
@@ -53,6 +53,11 @@ def write_results(out: Path, settings: dict, methods: Sequence[str], runs: Seque
                 chosen = [(r, block(r)) for r in mine]
                 result = _checkpoint_summary(out, method, chosen, names, settings, suffix)
                 summary[suffix][method], shift[suffix][method], means[suffix][method], figures[suffix][method] = result
+                calibrated = [b[CALIBRATED] for _, b in chosen if b.get(CALIBRATED)]
+                if calibrated:  # the same models with the offsets fitted on each run's validation case
+                    summary[suffix][method + CALIBRATED_ROW] = {
+                        **{v: pooled_summary(calibrated, v, names[1:]) for v in VARIANTS}, "runs": len(calibrated),
+                        "offsets": [c["offsets"] for c in calibrated]}
             per_class[method] = {name: {v: pooled_summary(mine, v, [name]) for v in VARIANTS} for name in names[1:]}
         results = {
             "format": BENCH_FORMAT, "version": BENCH_VERSION, "command": command, "settings": settings,
@@ -81,7 +86,7 @@ def _checkpoint_summary(out: Path, method: str, chosen: List[Tuple[dict, dict]],
     ``chosen``: (run record, block) pairs; a block holds raw/post/training_cases/model_iteration.
     Logit statistics of all runs' training cases are merged against all runs' test cases.
     """
-    from ..plotting import plot_logit_histograms
+    from ..plotting import plot_margins
 
     foreground = names[1:]
     blocks = [b for _, b in chosen]
@@ -102,9 +107,9 @@ def _checkpoint_summary(out: Path, method: str, chosen: List[Tuple[dict, dict]],
     n_test = len({c for r, _ in chosen for c in r["test_cases"]})
     which = (f"last checkpoint (iteration {settings['iterations']})" if suffix
              else "checkpoint chosen on the validation case")
-    png = plot_logit_histograms(
+    png = plot_margins(
         train_stats, test_stats, out / f"logits_{method}{suffix}.png",
-        title=f"{method}, {which}: training vs unseen cases ({len(blocks)} run(s))",
+        title=f"{method}, {which}: true-class margins, training vs unseen cases ({len(blocks)} run(s))",
         train_label=f"training cases ({n_train} distinct)", unseen_label=f"unseen cases ({n_test} distinct)")
     return summary, logit_shift(train_stats, test_stats), logit_means(train_stats, test_stats), png.name
 

@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import List, Optional
 
 from ..evaluation import VARIANT_LABELS
 from ..formatting import LESION_TITLES, duration, mean_percent, mean_std, signed
 from ..metrics import lesion_size_labels, lesion_totals, summarize
 from ..techniques import resolve_technique
-from .runs import pooled_summary
+from .runs import CALIBRATED, CALIBRATED_ROW, pooled_summary
 from .settings import OFFICIAL_DIFFERENCES
 
 SCHEDULES = {"poly": "polynomial decay", "official": "halved at 17, 22, 27, 30, 33 of 35 parts, as the official code"}
 OFFICIAL_NOTE = f"yes (--official), as closely as this machine allows; differs in: {OFFICIAL_DIFFERENCES}"
+
+
+def _with_calibrated(results: dict, key: str = "summary") -> List[str]:
+    """The methods, each followed by its "+ calibrated" row when its runs had logit offsets."""
+    return [name for method in results["methods"] for name in (method, method + CALIBRATED_ROW)
+            if name == method or name in results[key]]
 
 
 def table_ii(results: dict, variant: str, key: str = "summary") -> str:
@@ -31,7 +38,7 @@ def table_ii(results: dict, variant: str, key: str = "summary") -> str:
     base = summary.get("vanilla", {}).get(variant)
     lines = ["| Method | runs | DSC (%) | SEN (%) | PRC (%) | HD95 (mm) | ΔDSC | ΔSEN | ΔPRC |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for method in results["methods"]:
+    for method in _with_calibrated(results, key):
         if method not in summary:
             lines.append(f"| {method} | 0 | – | – | – | – | – | – | – |")
             continue
@@ -124,15 +131,21 @@ def paired_table(results: dict, variant: str = "post", last: bool = False) -> st
         return "(no vanilla runs to pair with)\n"
     keys = ("dsc", "sensitivity", "precision")
     lines = ["| Method | pairs | ΔDSC | ΔSEN | ΔPRC | DSC higher | SEN higher |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for method in results["methods"]:
+    for method in _with_calibrated(results, "summary_last" if last else "summary"):
         if method == "vanilla":
             continue
+        own = method.removesuffix(CALIBRATED_ROW)
+
+        def mine_of(r: dict) -> Optional[dict]:
+            b = block(r)
+            return b.get(CALIBRATED) if own != method else b
+
         diffs = {k: [] for k in keys}
         for r in results["runs"]:
             b = base.get((r["fold"], r["seed"]))
-            if r["method"] != method or b is None:
+            if r["method"] != own or b is None or not mine_of(r):
                 continue
-            for case, per_class in block(r)[variant].items():
+            for case, per_class in mine_of(r)[variant].items():
                 for name in foreground:
                     for k in keys:
                         mine, theirs = per_class[name][k], b[variant][case][name][k]
@@ -206,7 +219,10 @@ the network found (none, components under a size removed, or the largest compone
 
 {_both_checkpoints(table_ii(results, 'raw'), table_ii(results, 'raw', 'summary_last'))}
 Δ: difference of the means to `vanilla` in percentage points. HD95 is undefined for an empty
-prediction; a count (n/N) says when a mean covers fewer than all cases.
+prediction; a count (n/N) says when a mean covers fewer than all cases. A row "+ calibrated" is
+the same models with one logit offset per rare class added before the arg-max, fitted at the end
+of training on the run's validation case only (post-hoc logit adjustment, `infer --calibrated`):
+does moving the boundary back after training close the gap, and does it add to a technique?
 
 ## Lesion-wise detection on the unseen cases
 
@@ -237,6 +253,12 @@ mean that crosses zero makes dz small although the logit moved a lot: read the d
 With softmax the decision is the largest logit, so z = 0 is the boundary only approximately.
 
 {_both_checkpoints(logit_table(results), logit_table(results, '_last'))}
+The figures (chosen checkpoint, last checkpoint) show per class the true-class margin
+z[g] − max of the other logits over the voxels of g, training cases filled, unseen cases as a
+line: left of 0 the voxel is segmented as another class, the decision boundary exactly. The
+sentence under each panel gives the share (and volume) of the unseen voxels on that side,
+against the training cases.
+
 {figures}
 
 ## Settings

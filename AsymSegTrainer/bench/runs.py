@@ -33,6 +33,8 @@ from .settings import BENCH_FORMAT, BENCH_NORMALIZATION, BENCH_VERSION
 
 RUN_FILE = "run.json"
 METRIC_KEYS = ("dsc", "sensitivity", "precision", "hd95")
+CALIBRATED = "calibrated"  # a block's test metrics with the logit offsets fitted on the run's validation case
+CALIBRATED_ROW = " + calibrated"  # appended to a method's name: its rows with those offsets
 LAST_SUFFIX = "_last"  # outputs of the last checkpoint: predictions_last/, logits_test_last.json, ...
 
 
@@ -101,7 +103,11 @@ def _model_iteration(model: Path) -> Optional[int]:
 
 
 def _evaluate(run: Run, job, model: Path, settings: dict, device: str, sink: EventSink, suffix: str = "") -> dict:
-    """Segment the training and the test cases with ``model``: metrics and logit statistics (one block)."""
+    """Segment the training and the test cases with ``model``: metrics and logit statistics (one block).
+
+    When the model holds logit offsets fitted on the run's validation case (training stores them), the test
+    cases are also segmented with them: the block's ``calibrated`` (``{"offsets", variant: {case: metrics}}``).
+    """
     from ..inference import infer_cases, load_predictor
 
     folder = run.folder
@@ -115,17 +121,24 @@ def _evaluate(run: Run, job, model: Path, settings: dict, device: str, sink: Eve
     def per_variant(metrics: dict) -> dict:
         return {variant: {case: m[variant] for case, m in metrics.items()} for variant in VARIANTS}
 
-    return {"model": str(model), "model_iteration": _model_iteration(model), "postprocessing": test.postprocessing,
-            **per_variant(test.metrics), "training_cases": per_variant(train.metrics),
-            "logit_shift": logit_shift(train.logits, test.logits), "logit_means": logit_means(train.logits, test.logits)}
+    block = {"model": str(model), "model_iteration": _model_iteration(model), "postprocessing": test.postprocessing,
+             **per_variant(test.metrics), "training_cases": per_variant(train.metrics),
+             "logit_shift": logit_shift(train.logits, test.logits), "logit_means": logit_means(train.logits, test.logits)}
+    offsets = (predictor.meta.get("calibration") or {}).get("offsets")
+    if offsets:
+        calibrated = infer_cases(predictor, job.cases_with_role("test"), folder / f"predictions{suffix}_calibrated",
+                                 offsets=offsets, **options)
+        block[CALIBRATED] = {"offsets": offsets, **per_variant(calibrated.metrics)}
+    return block
 
 
 def _last_block(run: Run, job, selected: dict, settings: dict, device: str, sink: EventSink) -> dict:
     """The block of the last checkpoint (end of training): the selected one's when they are the same model."""
     last = job.output / "model_last.pt"
     if selected["model_iteration"] == _model_iteration(last):
-        keys = ("model_iteration", "postprocessing", *VARIANTS, "training_cases", "logit_shift", "logit_means")
-        return {"model": str(last), "same_as_selected": True, **{k: selected[k] for k in keys}}
+        keys = ("model_iteration", "postprocessing", *VARIANTS, "training_cases", "logit_shift", "logit_means",
+                CALIBRATED)
+        return {"model": str(last), "same_as_selected": True, **{k: selected[k] for k in keys if k in selected}}
     return {**_evaluate(run, job, last, settings, device, sink, LAST_SUFFIX), "same_as_selected": False}
 
 

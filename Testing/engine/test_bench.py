@@ -14,6 +14,7 @@ from AsymSegTrainer import bench
 from AsymSegTrainer.bench.settings import quick_spacing
 from AsymSegTrainer.cli import main
 from AsymSegTrainer.errors import InputError
+from AsymSegTrainer.network import load_model_file
 
 METHODS = ["vanilla", "asymmetric-focal"]
 FOLDS = 2
@@ -93,6 +94,13 @@ def test_quick_bench_writes_results_report_and_figures(quick_bench):
             in report)
     for label in ("raw", "chosen on validation", "largest component"):
         assert f"| vanilla | {label} | " in report
+    assert "| vanilla + calibrated | " in report and "| asymmetric-focal + calibrated | " in report
+    for method in METHODS:  # the offsets of the calibrated rows are the ones training stored in each run's model
+        for fold in range(FOLDS):
+            record = json.loads((quick_bench / "runs" / method / f"fold{fold}_seed0" / "run.json").read_text())
+            _, meta = load_model_file(record["model"])
+            assert record["calibrated"]["offsets"] == meta["calibration"]["offsets"]
+            assert set(record["calibrated"]["post"]) == set(record["test_cases"])
     assert (quick_bench / "logits_vanilla.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -100,7 +108,8 @@ def test_results_json_follows_the_schema(quick_bench, phantom_dataset):
     results = json.loads((quick_bench / "results.json").read_text(encoding="utf-8"))
     assert results["format"] == "asymseg-bench" and results["complete"] is True
     assert results["methods"] == METHODS
-    assert set(results["summary_last"]) == set(METHODS)
+    calibrated = {f"{m} + calibrated" for m in METHODS}  # every run had a validation case: offsets were fitted
+    assert set(results["summary_last"]) == set(results["summary"]) == set(METHODS) | calibrated
     assert len(results["runs"]) == len(METHODS) * FOLDS
     cases = {p.name.split("_0000")[0] for p in (phantom_dataset / "imagesTr").glob("*_0000.nii.gz")}
     for run in results["runs"]:

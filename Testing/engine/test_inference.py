@@ -32,7 +32,8 @@ from AsymSegTrainer.jobspec import job_from_dataset, job_from_dict
 from AsymSegTrainer.logits import LogitStatistics
 from AsymSegTrainer.metrics import case_metrics, keep_largest_component
 from AsymSegTrainer.phantoms import phantom_case
-from AsymSegTrainer.postprocessing import apply_postprocessing, store_postprocessing
+from AsymSegTrainer.network import update_model_meta
+from AsymSegTrainer.postprocessing import apply_postprocessing
 from AsymSegTrainer.training import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,7 +154,7 @@ def test_the_models_post_processing_is_written_unless_the_command_says_otherwise
     case = write_case(tmp_path / "in", ".nii.gz", seed=7)
     chosen = tmp_path / "chosen.pt"
     shutil.copy(model, chosen)
-    store_postprocessing(chosen, {"classes": {"lesion": "min-size=20"}})  # as training stores its choice
+    update_model_meta(chosen, postprocessing={"classes": {"lesion": "min-size=20"}})  # as training stores its choice
     outputs = infer_case(chosen, case.images, tmp_path / "pred.nii.gz", label=case.label, probabilities=True,
                          device="cpu", sink=quiet())
     raw = np.argmax(probabilities(outputs["probabilities"]), axis=0).astype(np.uint8)

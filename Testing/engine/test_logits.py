@@ -1,4 +1,5 @@
-"""Tests of AsymSegTrainer.logits: per-class logit histograms and moments, and the paper's dz."""
+"""Tests of AsymSegTrainer.logits: per-class logit histograms and moments, the paper's dz, true-class margins
+(crossing rate) and class volumes."""
 
 import json
 import math
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from AsymSegTrainer import logits as logits_module
-from AsymSegTrainer.logits import DEFAULT_BIN_EDGES, LogitStatistics, logit_shift
+from AsymSegTrainer.logits import DEFAULT_BIN_EDGES, LogitStatistics, logit_shift, margin_shift
 
 EDGES = [-2.0, -1.0, 0.0, 1.0, 2.0]
 # Tiny case: spatial (2, 3), two channels. Class 0 at (0,0), (0,1), (1,2); class 1 at the rest.
@@ -264,3 +265,228 @@ def test_full_size_volume_stays_within_memory_budget():
           f"peak extra memory {peak / z.nbytes:.2f} x the volume")
     assert stats.count(0) + stats.count(1) == y.size
     assert peak < 3 * z.nbytes
+
+
+# ---------------------------------------------------------------------------- true-class margins and volumes
+
+# Written by the previous version of logits.py (no margins, no volumes): it must still load.
+OLD_RECORD = (
+    '{"format": "asymseg-logit-statistics", "version": 1, "class_names": ["bg", "fg"], "channel_names": ["bg", "fg"], '
+    '"bin_edges": [-2.0, 0.0, 2.0], "count": [1, 2], "histogram": [[[0, 1], [1, 0]], [[1, 1], [0, 1]]], '
+    '"underflow": [[0, 0], [0, 1]], "overflow": [[0, 0], [0, 0]], "mean": [[1.5, -1.0], [0.0, -1.0]], '
+    '"m2": [[0.0, 0.0], [0.5, 8.0]], "min": [[1.5, -1.0], [-0.5, -3.0]], "max": [[1.5, -1.0], [0.5, 1.0]]}')
+
+
+def numpy_margins(cases, g, voxel_ml=None):
+    """Margins z_g - max_{k != g} z_k of the class-g voxels (inside the masks), computed independently.
+
+    With ``voxel_ml`` (one per case): also the class volume and the volume with margin < 0.
+    """
+    margins, volume, missed = [], 0.0, 0.0
+    for i, (z, y, mask) in enumerate(cases):
+        z = z.astype(np.float64).reshape(z.shape[0], -1)
+        y, mask = y.reshape(-1), np.ones(y.size, bool) if mask is None else mask.reshape(-1)
+        inside = mask & (y == g)
+        true = z[g, inside]
+        other = np.delete(z[:, inside], g, axis=0).max(axis=0)
+        margins.append(true - other)
+        if voxel_ml is not None:
+            volume += inside.sum() * voxel_ml[i]
+            missed += np.sum(true - other < 0) * voxel_ml[i]
+    return np.concatenate(margins), volume, missed
+
+
+def random_masked_cases(rng, shapes, num_classes=4):
+    cases = []
+    for shape in shapes:
+        z, y = random_case(rng, shape, num_classes, num_classes)
+        z[:, rng.random(shape) < 0.1] *= 0.01  # many margins near 0
+        cases.append((z, y, rng.random(shape) < 0.8))
+    return cases
+
+
+def test_hand_computed_margins_and_crossing_rate():
+    # Voxels: label 0 z=(2, 1, -1): m = 1; label 1 z=(0.5, 0, 0.25): m = -0.5; label 1 z=(-1, 3, 2): m = 1;
+    # label 2 z=(1, 1, 1): m = 0, an exact tie, counted on the right side.
+    z = np.array([[2.0, 0.5, -1.0, 1.0], [1.0, 0.0, 3.0, 1.0], [-1.0, 0.25, 2.0, 1.0]])
+    stats = LogitStatistics(["bg", "fg", "edema"])
+    stats.update(z, np.array([0, 1, 1, 2]))
+    assert stats.has_margins
+    assert [stats.crossing_rate(g) for g in range(3)] == [0.0, 0.5, 0.0]
+    assert [stats.margin_mean(g) for g in ("bg", "fg", "edema")] == [1.0, 0.25, 0.0]
+    assert (stats.margin_quantile("fg", 0.0), stats.margin_quantile("fg", 1.0)) == (-0.5, 1.0)
+    edges, counts = stats.margin_histogram("fg")
+    assert np.array_equal(edges, DEFAULT_BIN_EDGES) and counts.sum() == 2  # 0 is already an edge: same bins
+    assert counts[np.searchsorted(edges, -0.5)] == 1 and counts[np.searchsorted(edges, 1.0)] == 1
+    assert stats.volume_ml(0) is None and stats.missed_volume_ml("fg") is None  # no voxel volume given
+
+
+def test_margins_match_numpy_across_chunks_cases_and_a_mask(monkeypatch):
+    monkeypatch.setattr(logits_module, "_CHUNK", 37)  # chunk boundaries inside every case
+    rng = np.random.default_rng(10)
+    cases = random_masked_cases(rng, [(7, 11, 5), (13, 4, 9), (6, 6, 6)])
+    voxel_ml = [0.001, 0.008, 0.0035]
+    stats = LogitStatistics(["bg", "a", "b", "c"])
+    for (z, y, mask), ml in zip(cases, voxel_ml):
+        stats.update(z, y, mask, voxel_volume_ml=ml)
+    out_of_range = 0
+    for g in range(4):
+        m, volume, missed = numpy_margins(cases, g, voxel_ml)
+        assert stats.count(g) == m.size > 0
+        edges, counts = stats.margin_histogram(g)
+        assert np.array_equal(counts, np.histogram(m, edges)[0])
+        out_of_range += m.size - counts.sum()
+        assert stats.crossing_rate(g) == np.sum(m < 0) / m.size  # exact
+        assert 0 < stats.crossing_rate(g) < 1
+        assert stats.margin_mean(g) == pytest.approx(m.mean(), rel=1e-9, abs=1e-12)
+        assert (stats.margin_quantile(g, 0.0), stats.margin_quantile(g, 1.0)) == (m.min(), m.max())
+        assert abs(stats.margin_quantile(g, 0.5) - np.median(m)) <= 0.25 + 1e-12  # one bin width
+        assert stats.volume_ml(g) == pytest.approx(volume, rel=1e-12)
+        assert stats.missed_volume_ml(g) == pytest.approx(missed, rel=1e-12)
+    assert out_of_range > 0  # margins beyond the edges are still counted, and crossings among them
+
+
+def test_crossing_rate_is_exact_when_the_bin_edges_lack_zero():
+    rng = np.random.default_rng(11)
+    z, y = random_case(rng, (20, 20, 10), num_classes=3, num_channels=3)
+    stats = LogitStatistics(["bg", "a", "b"], bin_edges=np.linspace(-9.7, 10.3, 9))  # 0 is not an edge
+    stats.update(z, y)
+    edges = stats.margin_histogram(0)[0]
+    assert 0.0 in edges and set(stats.bin_edges) < set(edges)  # the logits' edges with 0 added
+    for g in range(3):
+        m, _, _ = numpy_margins([(z, y, None)], g)
+        assert stats.crossing_rate(g) == np.sum(m < 0) / m.size
+        assert np.array_equal(stats.margin_histogram(g)[1], np.histogram(m, edges)[0])
+    negative = LogitStatistics(["bg", "a"], bin_edges=[-3.0, -1.0, 0.0])  # 0 as the last edge: closed bin
+    negative.update(np.array([[0.0, 1.0], [0.0, 0.0]]), np.array([0, 1]))  # margins 0 (a tie) and -1
+    assert (negative.crossing_rate(0), negative.crossing_rate(1)) == (0.0, 1.0)
+
+
+def test_merge_of_margins_and_volumes_equals_one_update_of_the_concatenation():
+    rng = np.random.default_rng(12)
+    cases = random_masked_cases(rng, [(9, 8, 7), (5, 6, 7), (4, 4, 4)], num_classes=3)
+    parts = []
+    for z, y, mask in cases:
+        part = LogitStatistics(["bg", "a", "b"])
+        part.update(z, y, mask, voxel_volume_ml=0.002)
+        parts.append(part)
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    whole = LogitStatistics(["bg", "a", "b"])
+    whole.update(np.concatenate([z.reshape(3, -1) for z, _, _ in cases], axis=1),
+                 np.concatenate([y.reshape(-1) for _, y, _ in cases]),
+                 np.concatenate([mask.reshape(-1) for _, _, mask in cases]), voxel_volume_ml=0.002)
+    got, expected = merged.to_dict(), whole.to_dict()
+    for key in ("count", "histogram", "underflow", "overflow", "min", "max"):
+        assert got["margins"][key] == expected["margins"][key], key
+    for key in ("mean", "m2"):
+        np.testing.assert_allclose(got["margins"][key], expected["margins"][key], rtol=1e-12)
+    for key in ("volume_ml", "missed_volume_ml"):
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-12)
+    assert [merged.crossing_rate(g) for g in range(3)] == [whole.crossing_rate(g) for g in range(3)]
+
+
+def test_volume_is_none_once_a_case_lacked_the_voxel_volume():
+    z, y = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, 2.0]]), np.array([0, 1, 1])
+    stats = LogitStatistics(["bg", "fg"])
+    assert stats.volume_ml("fg") == 0.0 and stats.missed_volume_ml("fg") == 0.0  # nothing yet: known, empty
+    stats.update(z, y, voxel_volume_ml=0.5)
+    assert (stats.volume_ml("bg"), stats.volume_ml("fg"), stats.missed_volume_ml("fg")) == (0.5, 1.0, 0.0)
+    stats.update(-z, y, voxel_volume_ml=np.float32(0.25))  # fg margins now -2 and -2: both missed
+    assert (stats.volume_ml("fg"), stats.missed_volume_ml("fg")) == (1.5, 0.5)
+    unknown = LogitStatistics(["bg", "fg"])
+    unknown.update(z, y)
+    assert stats.merge(unknown).volume_ml("fg") is None and stats.missed_volume_ml("fg") is None
+    stats.update(z, y, voxel_volume_ml=1.0)  # unknown stays unknown
+    assert stats.volume_ml(0) is None and stats.to_dict()["volume_ml"] is None
+    assert stats.crossing_rate("fg") == 2 / 8  # the margins themselves are unaffected
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "0.001", [0.001]])
+def test_bad_voxel_volume_raises_and_adds_nothing(bad):
+    stats = LogitStatistics(["bg", "fg"])
+    with pytest.raises(ValueError, match="^voxel_volume_ml must be a positive number"):
+        stats.update(np.zeros((2, 3)), np.array([0, 1, 1]), voxel_volume_ml=bad)
+    assert stats.count(0) == 0 and stats.volume_ml(0) == 0.0
+
+
+def test_margins_and_volumes_round_trip_through_json(tmp_path):
+    rng = np.random.default_rng(13)
+    stats = LogitStatistics(["bg", "fg", "edema"], bin_edges=np.linspace(-9.5, 10.5, 41), metadata={"case": "x"})
+    z, y, mask = random_masked_cases(rng, [(6, 7, 8)], num_classes=3)[0]
+    y[y == 2] = 1  # "edema" stays empty
+    stats.update(z, y, mask, voxel_volume_ml=0.001)
+    record = stats.to_dict()
+    assert record["margins"]["channel_names"] == ["margin"] and 0.0 in record["margins"]["bin_edges"]
+    assert len(record["volume_ml"]) == len(record["missed_volume_ml"]) == 3
+    path = tmp_path / "stats.json"
+    stats.save(path)
+    loaded = LogitStatistics.load(path)
+    assert loaded.to_dict() == record == LogitStatistics.from_dict(json.loads(json.dumps(record))).to_dict()
+    assert loaded.has_margins and loaded.crossing_rate("fg") == stats.crossing_rate("fg")
+    assert loaded.crossing_rate("edema") is None and loaded.margin_mean("edema") is None
+    assert loaded.volume_ml("fg") == stats.volume_ml("fg") and loaded.missed_volume_ml("edema") == 0.0
+    assert loaded.merge(stats).crossing_rate("fg") == stats.crossing_rate("fg")
+
+
+def test_a_file_written_before_margins_still_loads_and_merges(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(OLD_RECORD)
+    old = LogitStatistics.load(path)
+    assert old.count("fg") == 2 and old.mean("fg", "fg") == -1.0  # the histograms are intact
+    assert not old.has_margins
+    assert (old.margin_histogram("fg"), old.margin_mean("fg"), old.margin_quantile("fg", 0.5),
+            old.crossing_rate("fg")) == (None, None, None, None)
+    assert old.volume_ml("fg") is None and old.missed_volume_ml("fg") is None
+    assert "margins" not in old.to_dict() and old.to_dict()["volume_ml"] is None
+    new = LogitStatistics(["bg", "fg"], bin_edges=[-2.0, 0.0, 2.0])
+    new.update(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]), voxel_volume_ml=0.001)
+    assert new.has_margins and new.merge(old).count("fg") == 3
+    assert not new.has_margins and new.crossing_rate("fg") is None and new.volume_ml("fg") is None
+    assert margin_shift(old, old)["fg"] == {"train_crossing": None, "unseen_crossing": None,
+                                            "train_mean": None, "unseen_mean": None}
+
+
+def test_no_margins_when_the_channels_are_not_the_classes():
+    stats = tiny_stats()  # classes bg, fg, edema; channels bg, fg
+    assert not stats.has_margins and stats.crossing_rate("fg") is None and stats.margin_histogram(0) is None
+    assert "margins" not in stats.to_dict()
+    single = LogitStatistics(["only"])  # one class: no other logit to compare with
+    single.update(np.zeros((1, 3)), np.zeros(3, int), voxel_volume_ml=0.5)
+    assert not single.has_margins and single.volume_ml(0) == 1.5 and single.missed_volume_ml(0) is None
+    with pytest.raises(ValueError, match="margins are defined only when the channels are the classes"):
+        LogitStatistics.from_dict({**stats.to_dict(), "margins": LogitStatistics(["bg", "fg"]).to_dict()["margins"]})
+
+
+def test_margin_shift_hand_computed():
+    names = ["bg", "fg", "edema"]
+    train, unseen = LogitStatistics(names), LogitStatistics(names)
+    # fg margins: train 3, 1 (none crossing); unseen 1, -2, -1 (two of three crossing).
+    train.update(np.array([[4.0, -2.0, -1.0], [-1.0, 1.0, 0.0], [-3.0, -2.0, -5.0]]), np.array([0, 1, 1]))
+    unseen.update(np.array([[4.0, 0.0, 1.0, 0.5], [-1.0, 1.0, -1.0, -0.5], [-3.0, -2.0, 0.0, 0.0]]),
+                  np.array([0, 1, 1, 1]))
+    shift = margin_shift(train, unseen)
+    assert shift["fg"]["train_crossing"] == 0.0 and shift["fg"]["unseen_crossing"] == 2 / 3
+    assert shift["fg"]["train_mean"] == pytest.approx(2.0) and shift["fg"]["unseen_mean"] == pytest.approx(-2 / 3)
+    assert shift["bg"] == {"train_crossing": 0.0, "unseen_crossing": 0.0, "train_mean": 5.0, "unseen_mean": 5.0}
+    assert shift["edema"] == dict.fromkeys(["train_crossing", "unseen_crossing", "train_mean", "unseen_mean"])
+    with pytest.raises(ValueError, match="^unseen has classes"):
+        margin_shift(train, LogitStatistics(["bg", "fg"]))
+    with pytest.raises(ValueError, match="^train must be"):
+        margin_shift({}, unseen)
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda d: {**d, "margins": {**d["margins"], "count": [5, 5]}}, "field 'margins'"),
+    (lambda d: {**d, "margins": {**d["margins"], "bin_edges": [-1.0, 1.0]}}, "field 'margins'"),
+    (lambda d: {**d, "margins": {**d["margins"], "format": "x"}}, "field 'margins': not a logit-statistics"),
+    (lambda d: {**d, "volume_ml": [-1.0, 1.0]}, "'volume_ml'"),
+    (lambda d: {**d, "volume_ml": [1.0]}, "'volume_ml'"),
+    (lambda d: {**d, "missed_volume_ml": [0.0, 5.0]}, "may not exceed"),
+    (lambda d: {**d, "volume_ml": None}, "needs margins and volume_ml"),
+    (lambda d: {k: v for k, v in d.items() if k != "margins"}, "needs margins"),
+])
+def test_corrupt_margins_or_volumes_are_rejected(corrupt, message):
+    stats = LogitStatistics(["bg", "fg"])
+    stats.update(np.array([[1.0, 2.0], [-1.0, -2.0]]), np.array([0, 1]), voxel_volume_ml=1.0)
+    with pytest.raises(ValueError, match=message):
+        LogitStatistics.from_dict(corrupt(stats.to_dict()))

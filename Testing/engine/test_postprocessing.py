@@ -9,11 +9,10 @@ from scipy import ndimage
 
 from AsymSegTrainer.errors import InputError
 from AsymSegTrainer.metrics import keep_largest_component, lesion_metrics
-from AsymSegTrainer.network import build_network, load_model_file, save_model
+from AsymSegTrainer.network import build_network, load_model_file, save_model, update_model_meta
 from AsymSegTrainer.phantoms import phantom_case
 from AsymSegTrainer.postprocessing import (CANDIDATES, apply_postprocessing, choose_postprocessing,
-                                           describe_postprocessing, parse_postprocessing, resolve_postprocessing,
-                                           store_postprocessing)
+                                           describe_postprocessing, parse_postprocessing, resolve_postprocessing)
 
 NAMES = ["background", "lesion", "edema"]
 
@@ -102,13 +101,13 @@ def test_what_infer_applies_and_the_model_file():
         resolve_postprocessing(None, NAMES, {"postprocessing": {"classes": {"lesion": "smallest"}}})
 
 
-def test_store_postprocessing_keeps_everything_else(tmp_path):
+def test_update_model_meta_keeps_everything_else(tmp_path):
     network = build_network({"name": "unet", "channels": [4, 8], "strides": [2], "num_res_units": 1}, 2, 3)
     path = tmp_path / "model_best.pt"
     save_model(path, network, {"class_names": NAMES, "seed": 3}, iteration=7)
     before, _ = load_model_file(path)
     choice = {"classes": {"lesion": "min-size=3", "edema": "none"}, "criterion": "test"}
-    store_postprocessing(path, choice)
+    update_model_meta(path, postprocessing=choice)
     state, meta = load_model_file(path)
     assert meta == {"class_names": NAMES, "seed": 3, "postprocessing": choice}
     assert state["iteration"] == 7
