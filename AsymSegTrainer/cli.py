@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = command("plan", "show the training plan of a job: the settings it leaves out, chosen from the training "
                          "cases and the device, each with its reason", _plan,
-                 "python -m AsymSegTrainer plan --dataset Dataset001 --classes tumor_core=1,3,4 --train-cases pat5,pat6")
+                 "python -m AsymSegTrainer plan --dataset Dataset001 --classes tumor_core=1,3,4 "
+                 "--train-cases pat5,pat6")
     _job_options(pl)
     pl.add_argument("--out", help=argparse.SUPPRESS)  # the job's output folder: not used by plan
     pl.add_argument("--plan-out", type=Path, metavar="PLAN.json", help="also write the plan to this JSON file")
@@ -257,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "validation cases, none when it has none")
     i.add_argument("--largest-component", dest="postprocess", action="store_const", const="largest",
                    help="the same as --postprocess largest (kept for older scripts)")
-    i.add_argument("--probabilities", action="store_true", help="also write softmax probabilities")
+    i.add_argument("--probabilities", action="store_true",
+                   help="also write softmax probabilities and margin maps (each class's logit minus the largest "
+                        "other one: near 0 where the model hesitates)")
     i.add_argument("--logit-offset", action="append", metavar="NAME=VALUE",
                    help="add VALUE to class NAME's logit before the arg-max (repeatable; > 0 grows the class, "
                         "-100 empties it)")

@@ -25,7 +25,10 @@ For each case (docs/protocol.md, "infer outputs"):
      ``chosen`` (the post-processing of ``FILE``, named under ``postprocessing``) and ``post``
      (largest component), keyed by class name;
    - ``<stem>_probabilities.nii.gz`` (with ``probabilities``): softmax, one vector component
-     per class, float32.
+     per class, float32;
+   - ``<stem>_margins.nii.gz`` (with ``probabilities``): per class, its logit minus the
+     largest other one (0 = the decision boundary: where the model hesitates), one vector
+     component per class, float32.
 """
 
 from __future__ import annotations
@@ -144,7 +147,8 @@ def output_paths(out) -> Dict[str, Path]:
     stem = path.name[: -len(ext)]
     return {"prediction": path, "logits": path.with_name(f"{stem}_logits.json"),
             "metrics": path.with_name(f"{stem}_metrics.json"),
-            "probabilities": path.with_name(f"{stem}_probabilities.nii.gz")}
+            "probabilities": path.with_name(f"{stem}_probabilities.nii.gz"),
+            "margins": path.with_name(f"{stem}_margins.nii.gz")}
 
 
 def check_overlap(overlap) -> float:
@@ -223,6 +227,14 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return torch.softmax(torch.from_numpy(logits), dim=0).numpy()
 
 
+def class_margins(logits: np.ndarray) -> np.ndarray:
+    """Per class c, ``z_c - max_{k != c} z_k`` (C, ...) float32: > 0 where c is predicted, near 0 where the model
+    hesitates between c and another class (the distance to the decision boundary in logit units)."""
+    top2 = np.sort(logits, axis=0)[-2:]  # second largest and largest logit of every voxel
+    best_other = np.where(logits == top2[1], top2[0], top2[1])
+    return (logits - best_other).astype(np.float32)
+
+
 def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, postprocess: Optional[str] = None,
                probabilities: bool = False, sink: Optional[EventSink] = None, index: int = 1,
                total: int = 1, offsets: Optional[Dict[str, float]] = None) -> Dict[str, str]:
@@ -234,8 +246,8 @@ def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, 
     model's choice, else none (postprocessing.resolve_postprocessing). ``offsets``: class name ->
     logit offset added before the arg-max and the softmax (calibration.py); the logit statistics
     describe the network's own logits. Returns output name -> path.
-    A ``<stem>_metrics.json`` or ``<stem>_probabilities.nii.gz`` left beside ``out`` by an earlier
-    run and not written by this one is removed, and ``out`` itself is written last (an earlier one
+    A ``<stem>_metrics.json``, ``_probabilities.nii.gz`` or ``_margins.nii.gz`` left beside
+    ``out`` by an earlier run and not written by this one is removed, and ``out`` itself is written last (an earlier one
     is removed first), so the files beside ``out`` always belong together and a run that fails
     part-way leaves no prediction.
     """
@@ -298,7 +310,8 @@ def infer_spec(predictor: Predictor, spec: CaseSpec, out, overlap: float = 0.5, 
                 for name, m in metrics[variant].items()))
     if probabilities:
         outputs["probabilities"] = str(write_image(_softmax(adjusted), case.reference, paths["probabilities"]))
-    for name in ("metrics", "probabilities"):  # a companion of an earlier run would pass for this run's
+        outputs["margins"] = str(write_image(class_margins(adjusted), case.reference, paths["margins"]))
+    for name in ("metrics", "probabilities", "margins"):  # a companion of an earlier run would pass for this run's
         if name not in outputs and paths[name].is_file():
             paths[name].unlink()
     # Last, so that a run failing part-way leaves no prediction of this case: a prediction file on disk
@@ -412,8 +425,8 @@ def infer_dataset(model, dataset, case_ids: Sequence[str], out_dir, overlap: flo
     ``logit_statistics.json`` (all cases merged; grouped by the reference only when every case
     has one) and, for the cases with ground truth, ``metrics.json`` / ``metrics.md``
     (evaluation.write_metrics). Returns name -> path, with ``<case>``, ``<case>_logits``,
-    ``<case>_metrics``, ``<case>_probabilities`` per case. No output may be or lie inside an input;
-    OUT is locked for the command's life (locks.FolderLock) and the merged files of an earlier
+    ``<case>_metrics``, ``<case>_probabilities``, ``<case>_margins`` per case. No output may be or
+    lie inside an input; OUT is locked for the command's life (locks.FolderLock) and the merged files of an earlier
     run are removed before the first case. ``logit_offsets``, ``calibrated``: as for infer_case.
     """
     from .evaluation import metrics_paths, write_metrics

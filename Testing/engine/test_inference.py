@@ -102,10 +102,11 @@ def test_outputs_are_in_the_input_geometry_and_consistent(model, tmp_path, ext):
                          sink=quiet())
     assert outputs == {"prediction": str(out), "logits": str(out.with_name("pred_logits.json")),
                        "metrics": str(out.with_name("pred_metrics.json")),
-                       "probabilities": str(out.with_name("pred_probabilities.nii.gz"))}
+                       "probabilities": str(out.with_name("pred_probabilities.nii.gz")),
+                       "margins": str(out.with_name("pred_margins.nii.gz"))}
     magic = out.read_bytes()[:4]
     assert magic[:2] == b"\x1f\x8b" if ext == ".nii.gz" else magic == b"NRRD"  # format follows the extension
-    for name in ("prediction", "probabilities"):
+    for name in ("prediction", "probabilities", "margins"):
         assert_same_geometry(outputs[name], case.images[0])
     assert read_image(out).GetPixelID() == sitk.sitkUInt8
     prediction = array(out)
@@ -114,6 +115,11 @@ def test_outputs_are_in_the_input_geometry_and_consistent(model, tmp_path, ext):
     p = probabilities(outputs["probabilities"])
     np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-5)
     np.testing.assert_array_equal(np.argmax(p, axis=0), prediction)  # label map = argmax, no post-processing
+    # margins: z_c - max other z = log p_c - max other log p (softmax keeps logit differences); > 0 where predicted
+    margins = probabilities(outputs["margins"])
+    log_p = np.log(p.astype(np.float64))
+    np.testing.assert_allclose(margins, log_p - log_p[::-1], atol=1e-3)
+    assert ((margins[1] > 0) == (prediction == 1)).mean() > 0.999
 
     record = json.loads(Path(outputs["logits"]).read_text())
     stats = LogitStatistics.load(outputs["logits"])
