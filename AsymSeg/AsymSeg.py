@@ -57,9 +57,11 @@ class AsymSeg(ScriptedLoadableModule):
             "<b>4. Run</b>: Plan shows the planned settings, why, and the estimated time (optional: Start plans "
             "too); training runs in the background with progress, ETA, loss and validation metrics; Cancel keeps "
             "the last checkpoint.<br>"
-            "<b>5. Results</b>: apply a model to a volume set (a new segmentation), and look at the logit "
-            "histograms of training vs unseen cases: a rare class whose logits move towards the decision "
-            "boundary on unseen cases is over-fitted (negative dz).<br><br>"
+            "<b>5. Results</b>: apply a model to a volume set (a new segmentation, and per rare class its "
+            "probability over the slices: where the model hesitates), and look at the margin charts of training "
+            "vs unseen cases: the share of a rare class's voxels on the wrong side of the decision boundary "
+            "(missed), much larger on unseen cases when the model over-fitted. A logit offset per rare class "
+            "moves its boundary and updates the segmentation at once; Apply offsets keeps it.<br><br>"
             f"Method: {PAPER}."
         )
         self.parent.acknowledgementText = (
@@ -162,7 +164,7 @@ class AsymSegLogic(ScriptedLoadableModuleLogic, AsymSegCoreLogic):
 
 
 class AsymSegTest(ScriptedLoadableModuleTest):
-    """Export -> real engine (3 iterations, tiny network, CPU) -> prediction and histograms imported.
+    """Export -> real engine (3 iterations, tiny network, CPU) -> prediction, margin charts and probabilities imported.
 
     Runs inside Slicer (Slicer's CI, ``slicer_add_python_unittest``) and under pytest with
     slicer-core (Testing/module). ``engineDirectory``/``python`` may be set before running.
@@ -262,7 +264,7 @@ class AsymSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(iterations, sorted(set(iterations)))
         self.assertTrue(state.model and os.path.isfile(state.model))
 
-        self.delayDisplay("Importing the logit histograms")
+        self.delayDisplay("Importing the margin charts")
         results = logic.importTrainingResults(task)
         self.assertIsNotNone(results.charts)
         for className, chart in results.charts.charts.items():
@@ -287,6 +289,8 @@ class AsymSegTest(ScriptedLoadableModuleTest):
             slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
         self.assertIs(reference, target.images[0])
         self.assertIsNotNone(imported.metricsTable)
+        self.assertEqual([n.GetName() for n in imported.overlays.values()], ["AsymSegTest_image2 label_1 probability"])
+        np.testing.assert_array_equal(imported.offsets.labels({"label_1": -100.0}), 0)
         if hasattr(slicer, "app"):
             slicer.util.setSliceViewerLayers(background=target.images[0], fit=True)
 

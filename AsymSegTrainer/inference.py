@@ -325,7 +325,8 @@ def _config(predictor: Predictor, **settings) -> dict:
     return {**{k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}, "model": str(predictor.path),
             "classes": meta["classes"], "class_names": predictor.class_names, "channels": predictor.channels,
             "target_spacing": meta.get("target_spacing"), "patch_size": meta.get("patch_size"),
-            "spatial_dims": meta.get("spatial_dims"), "technique": meta.get("technique")}
+            "spatial_dims": meta.get("spatial_dims"), "technique": meta.get("technique"),
+            "calibration": meta.get("calibration")}
 
 
 # ---------------------------------------------------------------------------- public entry points

@@ -93,7 +93,7 @@ def checkCases(cases: list[CaseInput], channelCount: int) -> list[Issue]:
         issues.append(Issue("error", "No case has the role 'train'.", hint="Set the role of at least one case to train"))
     if "validation" not in roles:
         issues.append(Issue("warning", "No validation case: no validation metrics, the last checkpoint is kept, "
-                                       "and the logit histograms will have no unseen cases.",
+                                       "and the margin charts will have no unseen cases.",
                             hint="Set one or more annotated cases to 'validation'"))
     return issues
 

@@ -41,7 +41,7 @@ class CaseRow:
         self.roleSelector = qt.QComboBox()
         for role in ROLES:
             self.roleSelector.addItem(role)
-        self.roleSelector.toolTip = "train: used for training; validation: unseen, for metrics and histograms"
+        self.roleSelector.toolTip = "train: used for training; validation: unseen, for metrics and margin charts"
         self.statusLabel = qt.QLabel()
 
     def listMaskSegments(self, mask) -> None:

@@ -33,9 +33,10 @@ from .Cases import CaseInput, checkCases
 from .Classes import ClassAnalysis, discoverClasses
 from .EngineProcess import EngineProcess, engineCommand, engineEnvironment, engineFolder, pythonExecutable
 from .JobSpec import TrainingSettings, buildJob, writeJob
-from .LogitPlots import LogitChartSet, LogitHistograms, buildLogitCharts
+from .LogitPlots import LogitChartSet, LogitStatistics, buildMarginCharts
 from .Plans import TrainingPlan
-from .ResultImport import importMetrics, importPrediction
+from .Probabilities import Calibration, OffsetPreview, addProbabilityOverlays, rareClasses, readProbabilities
+from .ResultImport import importMetrics, importPrediction, readLabelArray
 from .Runs import EngineTask, RunStatus
 from .SceneExport import exportAnnotation, exportCases, exportVolumes
 
@@ -67,6 +68,7 @@ class PreparedInference:
     classNames: list
     colors: dict
     device: str = "auto"
+    rarity: dict = field(default_factory=dict)   # class name -> rarity, from the model's job.json
 
 
 @dataclass
@@ -82,6 +84,11 @@ class InferenceResults:
     metricsTable: object = None
     charts: Optional[LogitChartSet] = None
     messages: list = field(default_factory=list)
+    rareClasses: list = field(default_factory=list)   # class names with rarity > 0: overlays and offsets
+    overlays: dict = field(default_factory=dict)      # rare class name -> probability volume node
+    offsets: Optional[OffsetPreview] = None           # None without a probability file
+    calibration: Optional[Calibration] = None         # offsets the engine fitted to the model, if it reports them
+    postprocessing: dict = field(default_factory=dict)  # class name -> the engine's post-processing spec
 
 
 class TrainingLogicProtocol(Protocol):
@@ -102,7 +109,8 @@ class TrainingLogicProtocol(Protocol):
     def prepareInference(self, modelPath, volumes: list, runFolder, groundTruth=None,
                          device: str = "auto") -> PreparedInference: ...
     def startInference(self, prepared: PreparedInference) -> EngineTask: ...
-    def importInferenceResults(self, task: EngineTask, referenceVolume, name: str = "") -> InferenceResults: ...
+    def importInferenceResults(self, task: EngineTask, referenceVolume, name: str = "",
+                               overlays: bool = True) -> InferenceResults: ...
 
 
 def defaultOutputFolder() -> Path:
@@ -138,10 +146,11 @@ class ModelInfo:
     classes: dict = field(default_factory=dict)      # name -> raw label values of the training labels
     colors: dict = field(default_factory=dict)       # name -> (r, g, b)
     channels: list = field(default_factory=list)
+    rarity: dict = field(default_factory=dict)       # name -> rarity in [0, 1]
 
 
 def modelInfo(modelPath) -> ModelInfo:
-    """Classes, colours and channel names of a model trained by AsymSeg.
+    """Classes, rarity, colours and channel names of a model trained by AsymSeg.
 
     Read from the resolved ``job.json`` the engine writes beside its checkpoints, and the
     module's own ``asymseg_module.json`` one folder up (colours). The model file itself is a
@@ -157,6 +166,8 @@ def modelInfo(modelPath) -> ModelInfo:
             info.classes = {str(k): [int(v) for v in (vs if isinstance(vs, list) else [vs])] for k, vs in classes.items()}
             info.classNames = list(info.classes)
         info.channels = list(data.get("channels") or [])
+        rarity = data.get("rarity")
+        info.rarity = {str(k): float(v) for k, v in rarity.items()} if isinstance(rarity, dict) else {}
     for folder in (modelPath.parent, modelPath.parent.parent):
         extra = folder / MODULE_FILE
         if extra.is_file():
@@ -247,7 +258,7 @@ class AsymSegCoreLogic:
     # ---------------------------------------------------------------- training results
 
     def importTrainingResults(self, task: EngineTask, name: str = "AsymSeg training") -> TrainingResults:
-        """Logit histograms of training vs validation (unseen) cases, when the engine wrote them."""
+        """Margin charts of training vs validation (unseen) cases, when the engine wrote their logit statistics."""
         state = task.state
         results = TrainingResults(state.model)
         if state.status is not RunStatus.FINISHED:
@@ -258,12 +269,15 @@ class AsymSegCoreLogic:
         if not trainPath.is_file():
             results.messages.append("The engine wrote no logit statistics of the training cases.")
             return results
-        train = LogitHistograms.load(trainPath)
-        unseen = LogitHistograms.load(unseenPath) if unseenPath.is_file() else None
+        train = LogitStatistics.load(trainPath)
+        unseen = LogitStatistics.load(unseenPath) if unseenPath.is_file() else None
         if unseen is None:
-            results.messages.append("No validation cases: the histograms show training cases only.")
-        results.charts = buildLogitCharts(train, unseen, name=name, colors=task.context.get("colors"),
-                                          trainLabel="train", unseenLabel="unseen")
+            results.messages.append("No validation cases: the margin charts show training cases only.")
+        retrain = "train the model again to chart them"
+        results.messages += _withoutMargins([(train, trainPath, retrain), (unseen, unseenPath, retrain)])
+        if train.hasMargins and (unseen is None or unseen.hasMargins):
+            results.charts = buildMarginCharts(train, unseen, name=f"{name} margins", colors=task.context.get("colors"),
+                                               unseenLabel="validation", unseenOwner="the validation cases'")
         return results
 
     # ---------------------------------------------------------------- inference
@@ -291,18 +305,22 @@ class AsymSegCoreLogic:
             labelPath = folder / "labels" / "ground_truth.nrrd"
             exportAnnotation(groundTruth, volumes[0], labelPath, info.classes)
         return PreparedInference(folder, modelPath, images, folder / "prediction.nrrd", labelPath, names, colors,
-                                 device or "auto")
+                                 device or "auto", info.rarity)
 
     def startInference(self, prepared: PreparedInference) -> EngineTask:
         arguments = ["infer", "--model", prepared.modelPath, "--images", *prepared.images,
-                     "--out", prepared.outputPath, "--events", "--device", prepared.device]
+                     "--out", prepared.outputPath, "--events", "--device", prepared.device, "--probabilities"]
         if prepared.labelPath is not None:
             arguments += ["--label", prepared.labelPath]
         context = {"classes": list(prepared.classNames), "colors": dict(prepared.colors),
                    "prepared": prepared, "folder": prepared.folder}
         return self._task(arguments, prepared.folder, "infer", context).start()
 
-    def importInferenceResults(self, task: EngineTask, referenceVolume, name: str = "") -> InferenceResults:
+    def importInferenceResults(self, task: EngineTask, referenceVolume, name: str = "",
+                               overlays: bool = True) -> InferenceResults:
+        """The prediction as a new segmentation, its metrics table, its margin charts against the training
+        cases and, from its class probabilities, the logit-offset preview and (``overlays``) one probability
+        volume per rare class."""
         state = task.state
         if state.status is not RunStatus.FINISHED:
             raise RuntimeError(state.message or "Inference did not finish.")
@@ -318,7 +336,10 @@ class AsymSegCoreLogic:
             names = ["background"] + [f"class_{i}" for i in range(1, 256)]
         segmentation = importPrediction(prediction, names, referenceVolume,
                                         name=name or f"{referenceVolume.GetName()} AsymSeg", colors=task.context.get("colors"))
-        results = InferenceResults(segmentation)
+        results = InferenceResults(segmentation, rareClasses=rareClasses(names, prepared.rarity),
+                                   calibration=Calibration.fromConfig(config))
+        specs = config.get("postprocessing")
+        results.postprocessing = {str(k): str(v) for k, v in specs.items()} if isinstance(specs, dict) else {}
         stem = _stem(prepared.outputPath)
         metricsPath = _output(outputs, prepared.outputPath.with_name(f"{stem}_metrics.json"), "_metrics.json", ("metrics",))
         if metricsPath.is_file():
@@ -326,15 +347,38 @@ class AsymSegCoreLogic:
         logitsPath = _output(outputs, prepared.outputPath.with_name(f"{stem}_logits.json"), "_logits.json", ("logits",))
         trainPath = prepared.modelPath.parent / "logit_statistics_train.json"
         if logitsPath.is_file() and trainPath.is_file():
-            case = json.loads(logitsPath.read_text(encoding="utf-8"))
-            grouped = str(case.get("grouped_by") or ("reference" if prepared.labelPath else "prediction"))
-            unseenLabel = "this case (by prediction)" if grouped == "prediction" else "this case"
-            results.charts = buildLogitCharts(LogitHistograms.load(trainPath), LogitHistograms.fromDict(case),
-                                              name=f"{segmentation.GetName()} logits", colors=task.context.get("colors"),
-                                              trainLabel="train", unseenLabel=unseenLabel)
+            train, case = LogitStatistics.load(trainPath), LogitStatistics.load(logitsPath)
+            results.messages += _withoutMargins([(train, trainPath, "train the model again to chart them"),
+                                                 (case, logitsPath, "re-run inference")])
+            if train.hasMargins and case.hasMargins:
+                unseenLabel = "this case (by prediction)" if case.groupedBy == "prediction" else "this case"
+                results.charts = buildMarginCharts(train, case, name=f"{segmentation.GetName()} margins",
+                                                   colors=task.context.get("colors"), unseenLabel=unseenLabel,
+                                                   unseenOwner="this case's")
         elif logitsPath.is_file():
-            results.messages.append("No training logit statistics beside the model: histograms not shown.")
+            results.messages.append("No training logit statistics beside the model: margin charts not shown.")
+        probabilitiesPath = _output(outputs, prepared.outputPath.with_name(f"{stem}_probabilities.nii.gz"),
+                                    "_probabilities.nii.gz", ("probabilities",))
+        if not probabilitiesPath.is_file():
+            results.messages.append("The engine wrote no class probabilities: no probability overlay, "
+                                    "no logit offsets.")
+            return results
+        try:
+            probabilities = readProbabilities(probabilitiesPath, names, referenceVolume)
+            results.offsets = OffsetPreview(probabilities, names, segmentation, readLabelArray(prediction))
+        except RuntimeError as error:  # the segmentation, metrics and charts stand without them
+            results.messages.append(f"{error} No probability overlay, no logit offsets.")
+            return results
+        if overlays:
+            results.overlays = addProbabilityOverlays(probabilities, names, results.rareClasses,
+                                                      referenceVolume.GetName())
         return results
+
+
+def _withoutMargins(files: list) -> list[str]:
+    """For each (statistics or None, path, what to do) whose file predates the margins, a message saying so."""
+    return [f"Margins not available for {path}; {remedy}." for stats, path, remedy in files
+            if stats is not None and not stats.hasMargins]
 
 
 def _isSegmentationNode(node) -> bool:

@@ -1,4 +1,5 @@
-"""Qt helpers shared by the panel's sections: rich text, QSettings, timers, tables, node selectors, dialogs.
+"""Qt helpers shared by the panel's sections: rich text, QSettings, timers, tables, layouts, node selectors,
+dialogs.
 
 Qt (Slicer only): imported, like every section, through ``Widget.py`` from ``AsymSegWidget.setup``.
 Machine-specific choices (device, folders, model paths) live in ``qt.QSettings`` under
@@ -78,6 +79,14 @@ def sideBySide(*widgets):
     for widget in widgets:
         layout.addWidget(widget)
     return container
+
+
+def clearLayout(layout) -> None:
+    """Take every widget out of ``layout`` and delete it (rows built in code, rebuilt on a change)."""
+    while layout.count():
+        item = layout.takeAt(0)
+        if item.widget():
+            item.widget().deleteLater()
 
 
 def nodeSelector(nodeTypes: list[str], toolTip: str, showChildNodeTypes: bool = True):

@@ -21,19 +21,25 @@ from typing import Optional
 import numpy as np
 
 from .Classes import PALETTE
-from .SceneUtils import mrmlScene, removeWithDependents, volumeStorage
+from .SceneUtils import mrmlScene, readVolumeData, removeWithDependents
 
 
 def readLabelmap(path, name: str = "__AsymSegPrediction__"):
     """Read a label image into a new labelmap node in the scene (caller removes it)."""
     scene = mrmlScene()
     node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
-    storage = volumeStorage(path)
-    storage.SetSingleFile(1)
-    if not storage.ReadData(node):
+    try:
+        return readVolumeData(node, path, "the label image")
+    except RuntimeError:
         scene.RemoveNode(node)
-        raise RuntimeError(f"Could not read the label image {path}.")
-    return node
+        raise
+
+
+def readLabelArray(path) -> np.ndarray:
+    """The voxels (k, j, i) of a label image, read into a node of no scene."""
+    import slicer
+
+    return slicer.util.arrayFromVolume(readVolumeData(slicer.vtkMRMLLabelMapVolumeNode(), path, "the label image"))
 
 
 def classColors(classNames: list, colors: Optional[dict] = None) -> list:
@@ -223,13 +229,16 @@ def importMetrics(path, classNames: Optional[list] = None, name: str = ""):
     return tableFromRows([tableRow(row) for row in rows], columns, name or "AsymSeg metrics")
 
 
-def tableFromRows(rows: list[dict], columns: list[str], name: str):
-    """A new vtkMRMLTableNode: text columns for strings, double columns for numbers (NaN = n/a)."""
+def tableFromRows(rows: list[dict], columns: list[str], name: str = "", tableNode=None):
+    """A new vtkMRMLTableNode named ``name`` (or ``tableNode``, emptied and refilled): text columns for
+    strings, double columns for numbers (NaN = n/a)."""
     import vtk
 
-    scene = mrmlScene()
-    tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+    if tableNode is None:
+        scene = mrmlScene()
+        tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
     table = tableNode.GetTable()
+    table.Initialize()
     numeric = {c: all(r.get(c) is None or (isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool))
                       for r in rows) for c in columns}
     arrays = []

@@ -1,8 +1,12 @@
-"""Section 5, Results (Qt): apply a model to a volume set; logit histograms of training vs unseen cases.
+"""Section 5, Results (Qt): apply a model to a volume set; margin charts of training vs unseen cases;
+where the model hesitates; logit offsets (``OffsetsSection``).
 
 One volume selector per channel of the chosen model (else of the Training data section).
-A finished training hands its model and histograms here; ``changed`` is emitted when what
-the Apply button depends on changed.
+A finished training hands its model and margin charts here; the charts' sentences (share of
+each rare class's voxels on the wrong side of the boundary) go under the buttons. A prediction
+comes with, per rare class, its probability as the slice views' foreground (heat colours) unless
+"Show where the model hesitates" is unchecked, and with the logit-offset sliders. ``changed``
+is emitted when what the Apply button depends on changed.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ import slicer
 
 from .Logic import TrainingLogicProtocol, inferenceRunFolder, modelInfo
 from .LogitPlots import LogitChartSet, preferredChart, showChart
-from .QtUtils import ERROR_COLOR, MODEL_FILE_FILTERS, Dialogs, richText, setSettingValue, settingValue, volumeSelector
+from .OffsetsSection import OffsetsSection
+from .Probabilities import OVERLAY_OPACITY, OVERLAY_THRESHOLD
+from .QtUtils import (ERROR_COLOR, MODEL_FILE_FILTERS, Dialogs, clearLayout, richText, setSettingValue, settingValue,
+                      volumeSelector)
 from .Runs import EngineTask, RunState, RunStatus
 from .Signal import Signal
 
@@ -29,13 +36,17 @@ class ResultsSection:
         self.parameters = None               # parameterNodeWrapper instance
         self.applySelectors: list = []
         self.charts: Optional[LogitChartSet] = None
+        self.chartRarity: dict = {}          # class name -> rarity of the charts' model
+        self.overlays: dict = {}             # rare class name -> probability volume of the last prediction
+        self.offsets = OffsetsSection(ui)
         self.changed = Signal()
         ui.modelPathLineEdit.nameFilters = MODEL_FILE_FILTERS
         ui.modelPathLineEdit.currentPath = settingValue("ModelPath", "")
         ui.applyInputsWidget.setLayout(qt.QFormLayout())
         ui.groundTruthSelector.setMRMLScene(slicer.mrmlScene)
         ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
-        ui.showHistogramsButton.clicked.connect(self.onShowHistograms)
+        ui.showMarginsButton.clicked.connect(lambda: self.showCharts(self.charts, self.chartRarity))
+        ui.showProbabilitiesCheckBox.toggled.connect(self.onShowProbabilities)
         self.updateApplyInputs()
 
     def setParameters(self, parameters) -> None:
@@ -44,7 +55,7 @@ class ResultsSection:
     def updateButtons(self, running: bool) -> None:
         self.ui.applyButton.enabled = not running and bool(self.ui.modelPathLineEdit.currentPath) and \
             all(s.currentNode() is not None for s in self.applySelectors)
-        self.ui.showHistogramsButton.enabled = self.charts is not None
+        self.ui.showMarginsButton.enabled = self.charts is not None
 
     def onModelPathChanged(self, path: str) -> None:
         setSettingValue("ModelPath", path)
@@ -70,10 +81,7 @@ class ResultsSection:
         channels = channels or self.channelNames()
         layout = self.ui.applyInputsWidget.layout()
         previous = [s.currentNode() for s in self.applySelectors]
-        while layout.count():
-            item = layout.takeAt(0)
-            if item.widget():
-                item.widget().deleteLater()
+        clearLayout(layout)
         self.applySelectors = []
         for index, name in enumerate(channels):
             selector = volumeSelector(f"Volume for the model's channel '{name}'")
@@ -98,7 +106,7 @@ class ResultsSection:
         self.ui.resultsStatusLabel.text = richText(state.statusLine())
 
     def trainingFinished(self, task: EngineTask) -> list[str]:
-        """Choose the trained model and show its histograms; returns the import's messages for the log."""
+        """Choose the trained model and show its margin charts; returns the import's messages for the log."""
         state = task.state
         if state.model and state.status is not RunStatus.FAILED:
             self.ui.modelPathLineEdit.currentPath = state.model
@@ -108,44 +116,56 @@ class ResultsSection:
             return []
         results = self.logic.importTrainingResults(task)
         if results.charts is not None and results.charts.charts:
-            self.showCharts(results.charts, task.context.get("rarity"))
+            self.showCharts(results.charts, task.context.get("rarity") or {})
         return results.messages
 
     def inferenceFinished(self, task: EngineTask) -> None:
-        """Import the prediction (a new segmentation), its metrics and its histograms."""
+        """Import the prediction (a new segmentation), its metrics, margin charts, probabilities and offsets."""
         state = task.state
         if state.status is not RunStatus.FINISHED:
             self.ui.resultsStatusLabel.text = richText(state.statusLine(), ERROR_COLOR)
             self.dialogs.showFailure(state, "AsymSeg inference failed")
             return
         reference = task.context.get("reference")
-        results = self.logic.importInferenceResults(task, reference)
+        self.offsets.discard()  # before the new results: an error there leaves the last prediction as applied
+        results = self.logic.importInferenceResults(task, reference,
+                                                    overlays=self.ui.showProbabilitiesCheckBox.checked)
+        self.overlays = results.overlays
         slicer.util.setSliceViewerLayers(background=reference, fit=True)
+        self.onShowProbabilities(self.ui.showProbabilitiesCheckBox.checked)
+        self.offsets.setResults(results)
         text = f"New segmentation '{results.segmentation.GetName()}'."
+        if self.overlays:
+            text += " Where the model hesitates: " + ", ".join(f"'{n.GetName()}'" for n in self.overlays.values()) + \
+                f" (heat colours over the slices; transparent below {OVERLAY_THRESHOLD:.0%})."
         if results.metricsTable is not None:
             text += f" Metrics in table '{results.metricsTable.GetName()}'."
         if results.charts is not None and results.charts.charts:
-            self.showCharts(results.charts, _foregroundRare(results.charts))
-            text += " Logit histograms: this case vs the training cases."
+            self.showCharts(results.charts, {name: 1.0 for name in results.rareClasses})
+            text += " Margin charts: this case vs the training cases."
         for message in results.messages:
             text += " " + message
         self.ui.resultsStatusLabel.text = richText(text)
 
-    def showCharts(self, charts: LogitChartSet, rarity: Optional[dict]) -> None:
-        """Keep ``charts`` for the Show histograms button and show the first rare class's chart."""
-        self.charts = charts
+    def showCharts(self, charts: LogitChartSet, rarity: dict) -> None:
+        """Keep ``charts`` for the Show margin charts button, show the first rare class's chart and the rare
+        classes' sentences."""
+        self.charts, self.chartRarity = charts, rarity
+        self.ui.marginSummaryLabel.text = "<br>".join(richText(sentence) for name, sentence in charts.sentences.items()
+                                                      if rarity.get(name, 0) > 0)
         chart = preferredChart(charts, rarity)
         if chart is not None:
             showChart(chart)
 
-    def onShowHistograms(self) -> None:
-        if self.charts is not None:
-            self.showCharts(self.charts, _foregroundRare(self.charts))
+    def onShowProbabilities(self, show: bool) -> None:
+        """The first rare class's probability as the slice views' foreground, or no foreground."""
+        if self.overlays:
+            overlay = next(iter(self.overlays.values()))
+            slicer.util.setSliceViewerLayers(foreground=overlay if show else None, foregroundOpacity=OVERLAY_OPACITY)
 
-    def clearCharts(self) -> None:
-        self.charts = None
-
-
-def _foregroundRare(charts: LogitChartSet) -> dict:
-    """Every class but the first (background) counted as rare: the rarity when the run's is not at hand."""
-    return {name: 1 for name in list(charts.charts)[1:]}
+    def clear(self) -> None:
+        """The scene is gone, and the charts, overlays and prediction with it."""
+        self.charts, self.chartRarity = None, {}
+        self.ui.marginSummaryLabel.text = ""
+        self.overlays = {}
+        self.offsets.clear()

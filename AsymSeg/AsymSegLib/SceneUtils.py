@@ -26,6 +26,16 @@ def volumeStorage(path):
     return storage
 
 
+def readVolumeData(volumeNode, path, what: str):
+    """Read the file ``path`` into ``volumeNode`` (in a scene or not); RuntimeError naming ``what`` and the
+    file when it cannot be read. Returns the node."""
+    storage = volumeStorage(path)
+    storage.SetSingleFile(1)
+    if not storage.ReadData(volumeNode):
+        raise RuntimeError(f"Could not read {what} {path}.")
+    return volumeNode
+
+
 def removeWithDependents(scene, volumeNode) -> None:
     """Remove a temporary volume node with its display and storage nodes and its own (not
     built-in) colour node, so the scene ends with the nodes it had before."""

@@ -203,7 +203,7 @@ class AsymSegPanel:
         """The scene is gone: a running task can no longer import its results; stop it."""
         self.poller.cancel()
         self.planPoller.cancel()
-        self.results.clearCharts()
+        self.results.clear()
         self.cases.rebuild([])
         self.classes.clear()
         self.updateButtons()

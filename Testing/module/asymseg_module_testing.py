@@ -20,7 +20,7 @@ MODULE_DIR = REPO / "AsymSeg"
 SHIMS = HERE / "shims"
 # The AsymSegLib files that may import qt (the panel and its sections; Slicer only)
 QT_FILES = frozenset({"Widget.py", "QtUtils.py", "TaskPoller.py", "CasesSection.py", "ClassesSection.py",
-                      "TechniqueSection.py", "RunSection.py", "ResultsSection.py"})
+                      "TechniqueSection.py", "RunSection.py", "ResultsSection.py", "OffsetsSection.py"})
 
 for path in (str(MODULE_DIR), str(SHIMS)):
     if path not in sys.path:
@@ -135,6 +135,25 @@ def addSegmentation(labelArray, reference, names: dict, name="seg"):
         segment.SetName(names[int(segment.GetLabelValue())])
     removeWithDependents(scene, temp)
     return segmentation
+
+
+def softmax(logits, axis=-1):
+    """Softmax of an array of logits along ``axis`` (float32)."""
+    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return (shifted / shifted.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+def writeProbabilityArray(array, reference, path):
+    """Write a (k, j, i, classes) array as a vector image in ``reference``'s geometry (the engine's
+    ``<stem>_probabilities.nii.gz``), via a node of no scene."""
+    from AsymSegLib.SceneExport import writeVolume
+
+    node = slicer.vtkMRMLVectorVolumeNode()
+    matrix = vtk.vtkMatrix4x4()
+    reference.GetIJKToRASMatrix(matrix)
+    node.SetIJKToRASMatrix(matrix)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array, dtype=np.float32))
+    return writeVolume(node, path)
 
 
 def readVolumeFile(path):

@@ -119,6 +119,26 @@ class QSpinBox(QDoubleSpinBox):
     pass
 
 
+class ctkSliderWidget(FakeWidget):
+    """A slider with a spin box: ``value`` (a property, as in PythonQt) emits ``valueChanged(double)``."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.minimum, self.maximum, self.singleStep, self.decimals = 0.0, 99.0, 1.0, 2
+        self._value = 0.0
+
+    @property
+    def value(self):
+        return self._value
+
+    @value.setter
+    def value(self, value):
+        value = min(max(float(value), self.minimum), self.maximum)
+        if value != self._value:
+            self._value = value
+            self.fire("valueChanged(double)", value)
+
+
 class QComboBox(FakeWidget):
     def __init__(self, *args):
         super().__init__(*args)
@@ -373,6 +393,12 @@ CLASSES = {"QPushButton": QPushButton, "QLabel": QLabel, "QLineEdit": QLineEdit,
            "QWidget": QWidget, "ctkPathLineEdit": ctkPathLineEdit, "qMRMLNodeComboBox": FakeNodeComboBox}
 
 
+def ctkModule() -> types.ModuleType:
+    module = types.ModuleType("ctk")
+    module.ctkSliderWidget = ctkSliderWidget
+    return module
+
+
 def qtModule() -> types.ModuleType:
     module = types.ModuleType("qt")
     for name in ("QTimer", "QSettings", "QComboBox", "QCheckBox", "QDoubleSpinBox", "QLabel", "QTableWidgetItem",
@@ -392,6 +418,8 @@ def uiFromFile(path) -> types.SimpleNamespace:
         widget.text = properties.get("text", widget.text)
         widget.toolTip = properties.get("toolTip", widget.toolTip)
         widget.enabled = properties.get("enabled", "true") == "true"
+        if isinstance(widget, QCheckBox):
+            widget.checked = properties.get("checked", "false") == "true"
         if isinstance(widget, QDoubleSpinBox):
             widget.decimals = int(properties.get("decimals", widget.decimals))
             widget.range = (float(properties.get("minimum", widget.range[0])),

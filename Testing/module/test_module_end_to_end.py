@@ -16,6 +16,7 @@ from asymseg_module_testing import addSegmentation, addVolume, blobCase, engineA
 
 from AsymSegLib.Cases import CaseInput
 from AsymSegLib.Events import ProgressEvent
+from AsymSegLib.Geometry import Geometry
 from AsymSegLib.JobSpec import PLANNED_FIELDS, TrainingSettings
 from AsymSegLib.Logic import AsymSegCoreLogic
 from AsymSegLib.Runs import RunStatus
@@ -98,8 +99,8 @@ def test_train_infer_import_with_the_real_engine(mrml, tmp_path):
     for className, chart in charts.charts.items():
         sides = [chart.GetNthPlotSeriesNode(i).GetAttribute("AsymSeg.Side")
                  for i in range(chart.GetNumberOfPlotSeriesNodes())]
-        assert sides.count("train") == 2 and sides.count("unseen") == 2, (className, sides)
-    assert any("dz=" in s.GetName() for s in charts.series["lesion"])
+        assert sides == ["train", "unseen", "boundary"], (className, sides)
+    assert "the validation cases' voxels" in charts.sentences["lesion"] and "dz " in charts.sentences["lesion"]
 
     target = cases[2]
     inference = logic.prepareInference(state.model, target.images, tmp_path / "infer",
@@ -118,6 +119,14 @@ def test_train_infer_import_with_the_real_engine(mrml, tmp_path):
     assert prediction.shape == slicer.util.arrayFromVolume(target.images[0]).shape
     assert imported.metricsTable is not None and imported.metricsTable.GetNumberOfRows() >= 1
     assert imported.charts is not None and "lesion" in imported.charts.charts
+    # the engine's probabilities: an overlay on the input grid, and offsets starting from its label map
+    assert not imported.messages, imported.messages
+    overlay = imported.overlays["lesion"]
+    assert list(imported.overlays) == ["lesion"] and overlay.GetName() == "case2_t1 lesion probability"
+    assert Geometry.fromVolume(overlay).differences(Geometry.fromVolume(target.images[0])) == []
+    assert 0.0 <= slicer.util.arrayFromVolume(overlay).min() and slicer.util.arrayFromVolume(overlay).max() <= 1.0
+    np.testing.assert_array_equal(imported.offsets.labels({}) > 0, prediction > 0)
+    assert imported.offsets.labels({"lesion": -100.0}).max() == 0
 
     # inputs unchanged; new nodes only added (segmentation, tables, charts), none removed or replaced
     nodesAfter, arraysAfter = inputSnapshot(mrml.scene, cases)

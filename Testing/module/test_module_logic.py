@@ -220,6 +220,11 @@ def test_logic_flow_with_the_fake_engine(mrml, tmp_path):
                                                       cases[1].images[0])
     np.testing.assert_array_equal(mask > 0, image > 1.5)  # the fake thresholds the image
     assert imported.metricsTable.GetNumberOfRows() == 2
+    assert imported.rareClasses == ["label_1"] and list(imported.overlays) == ["label_1"]
+    assert imported.overlays["label_1"].GetName() == "img1 label_1 probability"
+    np.testing.assert_array_equal(imported.offsets.labels({}), image > 1.5)
+    again = logic.importInferenceResults(inferTask, cases[1].images[0], name="again", overlays=False)
+    assert again.overlays == {} and again.offsets is not None
     with pytest.raises(ValueError, match="channel"):
         logic.prepareInference(state.model, [cases[1].images[0], cases[0].images[0]], tmp_path / "x")
 

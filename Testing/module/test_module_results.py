@@ -1,8 +1,9 @@
-"""Importers: prediction -> segmentation, metrics -> table, logit statistics -> tables/series/charts."""
+"""Importers: prediction -> segmentation, metrics -> table, logit statistics -> margin tables/series/charts."""
 
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -10,8 +11,11 @@ import slicer
 
 from asymseg_module_testing import addVolume, blobCase, ijkToRas
 
-from AsymSegLib.LogitPlots import LogitHistograms, buildLogitCharts, logitShift, preferredChart, showChart
+from AsymSegLib.Logic import AsymSegCoreLogic, PreparedInference
+from AsymSegLib.LogitPlots import (LogitStatistics, buildMarginCharts, logitShift, marginSentence, preferredChart,
+                                   showChart)
 from AsymSegLib.ResultImport import importMetrics, importPrediction, metricRows
+from AsymSegLib.Runs import RunState, RunStatus
 from AsymSegLib.SceneExport import writeLabelArray
 
 
@@ -108,67 +112,131 @@ def test_metrics_table_shows_lesions_found_missed_and_false_positive(mrml, tmp_p
         "Largest connected component of each class only (the paper's; every other lesion is deleted)"]
 
 
-def statistics(means: dict, counts: list, classes=("background", "tumor"), seed=0) -> dict:
-    """A record in the engine's ``LogitStatistics.to_dict()`` format from Gaussian logits."""
-    rng = np.random.default_rng(seed)
-    edges = np.linspace(-20.0, 20.0, 161)
-    g, c = len(classes), len(classes)
-    histogram = np.zeros((g, c, 160), np.int64)
-    under, over = np.zeros((g, c), np.int64), np.zeros((g, c), np.int64)
-    mean, m2 = np.zeros((g, c)), np.zeros((g, c))
-    low, high = [[None] * c for _ in range(g)], [[None] * c for _ in range(g)]
-    for gi in range(g):
-        for ci in range(c):
-            if not counts[gi]:
-                continue
-            values = rng.normal(means[(gi, ci)], 1.0, counts[gi])
-            histogram[gi, ci] = np.histogram(values, edges)[0]
-            mean[gi, ci], m2[gi, ci] = values.mean(), ((values - values.mean()) ** 2).sum()
-            low[gi][ci], high[gi][ci] = float(values.min()), float(values.max())
-    return {"format": "asymseg-logit-statistics", "version": 1, "class_names": list(classes),
-            "channel_names": list(classes), "bin_edges": edges.tolist(), "count": list(counts),
-            "histogram": histogram.tolist(), "underflow": under.tolist(), "overflow": over.tolist(),
-            "mean": mean.tolist(), "m2": m2.tolist(), "min": low, "max": high}
+EDGES = [-2.0, -1.0, 0.0, 1.0, 2.0]
 
 
-def test_logit_charts_have_train_and_unseen_series_per_class(mrml, tmp_path):
-    # Rare class: on unseen voxels its own logit moves towards the boundary (the paper's signature).
-    train = statistics({(0, 0): 6, (0, 1): -6, (1, 0): -7, (1, 1): 7}, [4000, 300], seed=1)
-    unseen = statistics({(0, 0): 6, (0, 1): -6, (1, 0): -2, (1, 1): 2}, [4000, 200], seed=2)
-    (tmp_path / "train.json").write_text(json.dumps(train))
-    trainStats, unseenStats = LogitHistograms.load(tmp_path / "train.json"), LogitHistograms.fromDict(unseen)
-    assert logitShift(trainStats, unseenStats, 1, 1) == pytest.approx(-5, abs=0.3)
-    charts = buildLogitCharts(trainStats, unseenStats, name="run", colors={"tumor": (1, 0, 0)})
+def handRecord(counts, ownMeans, margins, marginUnderflow, volume=None, missed=None, groupedBy="reference"):
+    """A two-class record in the engine's format (AsymSegTrainer/logits.py, to_dict), written by hand.
+
+    ``margins``: per class, the margin histogram on ``EDGES``; ``marginUnderflow``: per class, margins below
+    -2. The logit histograms are not charted: every logit is counted as underflow.
+    """
+    g = len(counts)
+    zeros = [[0] * g for _ in range(g)]
+    means = [[ownMeans[gi] if gi == ci else -ownMeans[gi] for ci in range(g)] for gi in range(g)]
+    record = {"format": "asymseg-logit-statistics", "version": 1, "class_names": ["background", "tumor"],
+              "channel_names": ["background", "tumor"], "bin_edges": EDGES, "count": counts,
+              "histogram": [[[0] * 4 for _ in range(g)] for _ in range(g)],
+              "underflow": [[c] * g for c in counts], "overflow": zeros, "mean": means, "m2": zeros,
+              "min": [[-3.0] * g for _ in range(g)], "max": [[-2.5] * g for _ in range(g)], "grouped_by": groupedBy}
+    if margins is not None:
+        record["margins"] = {**{k: record[k] for k in ("format", "version", "class_names", "bin_edges", "count")},
+                             "channel_names": ["margin"], "histogram": [[h] for h in margins],
+                             "underflow": [[u] for u in marginUnderflow], "overflow": [[0] for _ in range(g)],
+                             "mean": [[0.5] for _ in range(g)], "m2": [[1.0] for _ in range(g)],
+                             "min": [[-3.0] for _ in range(g)], "max": [[2.0] for _ in range(g)]}
+        record["volume_ml"], record["missed_volume_ml"] = volume, missed
+    return record
+
+
+# training: tumour 3 of 100 voxels below 0; this case: 5 underflow + 5 + 10 of 50 below 0
+TRAIN = handRecord([1000, 100], [5.0, 4.0], [[0, 0, 100, 900], [0, 3, 20, 77]], [0, 0], [1.0, 0.1], [0.0, 0.003])
+CASE = handRecord([400, 50], [5.0, 1.5], [[0, 4, 96, 300], [5, 10, 25, 5]], [0, 5], [0.4, 0.05], [0.004, 0.02])
+
+
+def test_margin_statistics_and_crossing_rates_from_a_hand_written_file(tmp_path):
+    (tmp_path / "train.json").write_text(json.dumps(TRAIN))
+    train, case = LogitStatistics.load(tmp_path / "train.json"), LogitStatistics.fromDict(CASE)
+    assert train.hasMargins and case.hasMargins
+    assert train.crossingRate(1) == pytest.approx(0.03) and case.crossingRate(1) == pytest.approx(0.4)
+    assert train.crossingRate(0) == 0.0 and case.crossingRate(0) == pytest.approx(0.01)
+    assert logitShift(train, case, 1) == pytest.approx(1.5 - 4.0)
+    assert case.missedVolume[1] == pytest.approx(0.02)
+    assert marginSentence("tumor", 1, train, case, "this case's") == (
+        "tumor: 40% of this case's voxels (0.02 mL) are on the wrong side of the boundary (missed), against "
+        "3.0% on the training cases; dz -2.50 (paper's measure).")
+    assert marginSentence("background", 0, train, case, "this case's").startswith(
+        "background: 1.0% of this case's voxels (0.004 mL) are on the wrong side of the boundary (missed), "
+        "against 0.0% on the training cases; dz +0.00")
+    byPrediction = LogitStatistics.fromDict({**CASE, "grouped_by": "prediction"})
+    assert "without a ground truth the voxels are grouped by the prediction" in marginSentence(
+        "tumor", 1, train, byPrediction, "this case's")
+    assert marginSentence("tumor", 1, train, None) == \
+        "tumor: 3.0% on the training cases on the wrong side of the boundary (missed); no unseen cases."
+
+
+def test_margin_charts_have_at_most_four_curves_per_class(mrml):
+    train, case = LogitStatistics.fromDict(TRAIN), LogitStatistics.fromDict(CASE)
+    charts = buildMarginCharts(train, case, name="case7", colors={"tumor": (1, 0, 0)}, unseenLabel="this case",
+                               unseenOwner="this case's")
     assert set(charts.charts) == {"background", "tumor"}
     for className, chart in charts.charts.items():
-        assert chart.IsA("vtkMRMLPlotChartNode") and chart.GetNumberOfPlotSeriesNodes() == 4
-        sides = [chart.GetNthPlotSeriesNode(i).GetAttribute("AsymSeg.Side") for i in range(4)]
-        assert sides.count("train") == 2 and sides.count("unseen") == 2
-        table = charts.tables[className]
-        for i in range(4):
-            series = chart.GetNthPlotSeriesNode(i)
-            assert series.GetTableNode() is table
-            assert table.GetTable().GetColumnByName(series.GetYColumnName()) is not None
-        logits = slicer.util.arrayFromTableColumn(table, "logit")
-        density = slicer.util.arrayFromTableColumn(table, "tumor train")
-        assert np.sum(density * np.gradient(logits)) == pytest.approx(1.0, abs=0.02)  # a density
-    tumorUnseen = [s for s in charts.series["tumor"] if s.GetAttribute("AsymSeg.Side") == "unseen"
-                   and s.GetAttribute("AsymSeg.Channel") == "tumor"][0]
-    assert "dz=-5" in tumorUnseen.GetName() or "dz=-4" in tumorUnseen.GetName()
-    summary = charts.summary
-    assert summary.GetNumberOfRows() == 4
-    dz = slicer.util.arrayFromTableColumn(summary, "dz")
-    assert dz[3] == pytest.approx(-5, abs=0.3) and abs(dz[0]) < 0.3
-    assert preferredChart(charts, {"background": 0, "tumor": 1}) is charts.charts["tumor"]
-    showChart(charts.charts["tumor"])
+        assert chart.IsA("vtkMRMLPlotChartNode") and chart.GetNumberOfPlotSeriesNodes() <= 4
+        series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+        assert [s.GetAttribute("AsymSeg.Side") for s in series] == ["train", "unseen", "boundary"]
+        for node in series:
+            assert node.GetTableNode().GetTable().GetColumnByName(node.GetYColumnName()) is not None
+    tumour = charts.charts["tumor"]
+    assert tumour.GetTitle() == "'tumor' margin: 3.0% missed on train vs 40% missed on this case"
+    assert tumour.GetAttribute("AsymSeg.Summary") == charts.sentences["tumor"]
+    assert [s.GetName() for s in charts.series["tumor"]] == ["train: 3.0% missed", "this case: 40% missed",
+                                                             "decision boundary"]
+    assert charts.series["tumor"][0].GetColor() == (1.0, 0.0, 0.0)
+    table = charts.tables["tumor"]
+    margin, density = (slicer.util.arrayFromTableColumn(table, c) for c in ("margin", "this case"))
+    assert margin.tolist() == [-1.5, -0.5, 0.5, 1.5]
+    assert np.sum(density * 1.0) == pytest.approx(45 / 50)  # a density: the in-range share (5 underflow)
+    boundary = charts.series["tumor"][2]
+    assert slicer.util.arrayFromTableColumn(boundary.GetTableNode(), "margin").tolist() == [0.0, 0.0]
+    highest = max(density.max(), slicer.util.arrayFromTableColumn(table, "train").max())  # 77 of 100 in a bin
+    assert slicer.util.arrayFromTableColumn(boundary.GetTableNode(), "tumor").tolist() == [0.0, highest] == [0.0, 0.77]
+    column = lambda name: slicer.util.arrayFromTableColumn(charts.summary, name).tolist()  # noqa: E731
+    assert column("train missed (%)") == pytest.approx([0.0, 3.0])
+    assert column("unseen missed (%)") == pytest.approx([1.0, 40.0])
+    assert column("unseen missed (mL)") == pytest.approx([0.004, 0.02]) and column("dz") == pytest.approx([0.0, -2.5])
+    assert preferredChart(charts, {"background": 0, "tumor": 1}) is tumour
+    showChart(tumour)
     plotView = mrml.scene.GetFirstNodeByClass("vtkMRMLPlotViewNode")
-    assert plotView is not None and plotView.GetPlotChartNodeID() == charts.charts["tumor"].GetID()
+    assert plotView is not None and plotView.GetPlotChartNodeID() == tumour.GetID()
 
 
-def test_logit_charts_without_unseen_cases_and_empty_class(mrml):
-    train = LogitHistograms.fromDict(statistics({(0, 0): 5, (0, 1): -5}, [1000, 0]))
-    charts = buildLogitCharts(train, None)
+def test_margin_charts_without_unseen_cases_or_voxels_of_a_class(mrml):
+    empty = handRecord([1000, 0], [5.0, 0.0], [[0, 0, 100, 900], [0, 0, 0, 0]], [0, 0])
+    charts = buildMarginCharts(LogitStatistics.fromDict(empty), None)
     assert list(charts.charts) == ["background"]
-    assert charts.charts["background"].GetNumberOfPlotSeriesNodes() == 2
+    assert [s.GetAttribute("AsymSeg.Side") for s in charts.series["background"]] == ["train", "boundary"]
     with pytest.raises(ValueError, match="format"):
-        LogitHistograms.fromDict({"format": "something else"})
+        LogitStatistics.fromDict({"format": "something else"})
+    with pytest.raises(ValueError, match="'margins' counts other voxels"):
+        LogitStatistics.fromDict({**CASE, "margins": {**CASE["margins"], "count": [1, 2]}})
+
+
+def test_a_file_without_margins_still_reads_and_says_so(mrml, tmp_path):
+    """An older engine's files: no margins, so no charts; the segmentation is imported and the message says
+    which file lacks them and what to do."""
+    old = handRecord([400, 50], [5.0, 1.5], None, None)
+    assert not LogitStatistics.fromDict(old).hasMargins
+    with pytest.raises(ValueError, match="need margins"):
+        buildMarginCharts(LogitStatistics.fromDict(TRAIN), LogitStatistics.fromDict(old))
+    image, label = blobCase(6)
+    reference = addVolume(image, "case8")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "logit_statistics_train.json").write_text(json.dumps(TRAIN))
+    prediction = writeLabelArray(label, reference, tmp_path / "prediction.nrrd")
+    (tmp_path / "prediction_logits.json").write_text(json.dumps(old))
+    prepared = PreparedInference(tmp_path, tmp_path / "model" / "model_best.pt", [], prediction, None,
+                                 ["background", "tumor"], {})
+    state = RunState(kind="infer", status=RunStatus.FINISHED, outputs={"prediction": str(prediction)})
+    task = types.SimpleNamespace(state=state, context={"prepared": prepared})
+    imported = AsymSegCoreLogic().importInferenceResults(task, reference)
+    assert imported.segmentation is not None and imported.charts is None
+    assert f"Margins not available for {tmp_path / 'prediction_logits.json'}; re-run inference." in imported.messages
+    # a training whose statistics predate the margins
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "logit_statistics_train.json").write_text(json.dumps(old))
+    (out / "logit_statistics_validation.json").write_text(json.dumps(CASE))
+    task = types.SimpleNamespace(state=RunState(status=RunStatus.FINISHED), outputFolder=out, context={})
+    results = AsymSegCoreLogic().importTrainingResults(task)
+    assert results.charts is None and results.messages == [
+        f"Margins not available for {out / 'logit_statistics_train.json'}; train the model again to chart them."]

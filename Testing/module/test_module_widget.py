@@ -75,13 +75,15 @@ def popQtModules():
 @pytest.fixture
 def panelFactory(mrml, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "qt", fakeqt.qtModule())
+    monkeypatch.setitem(sys.modules, "ctk", fakeqt.ctkModule())
     monkeypatch.setattr(slicer, "qMRMLNodeComboBox", fakeqt.FakeNodeComboBox, raising=False)
     app = types.SimpleNamespace(processEvents=lambda: None, setOverrideCursor=lambda *a: None,
                                 restoreOverrideCursor=lambda: None, testingEnabled=lambda: True)
     monkeypatch.setattr(slicer, "app", app, raising=False)
     errors = []
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda *a, **k: errors.append(a[0]))
-    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **k: None)
+    layers = []  # the calls of setSliceViewerLayers (the slice views are Slicer's)
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **k: layers.append(k))
     fakeqt.QSettings.store = {"AsymSeg/OutputFolder": str(tmp_path / "runs")}
     popQtModules()
     widget = importlib.import_module("AsymSegLib.Widget")
@@ -97,7 +99,7 @@ def panelFactory(mrml, monkeypatch, tmp_path):
         panel.setParameterNode(node)
         return panel
 
-    yield types.SimpleNamespace(make=make, errors=errors, node=node, store=store)
+    yield types.SimpleNamespace(make=make, errors=errors, node=node, store=store, layers=layers)
     popQtModules()  # later tests must not see the fake-qt imports
 
 
@@ -244,7 +246,7 @@ def test_missing_engine_packages_are_installed_only_when_the_user_agrees(panelFa
     runTimer(panel)
 
 
-def test_start_train_show_histograms_apply(panelFactory, monkeypatch, tmp_path):
+def test_start_train_show_margins_apply(panelFactory, monkeypatch, tmp_path):
     panel = panelFactory.make()
     ui = panel.ui
     fillCases(panel)
@@ -260,9 +262,13 @@ def test_start_train_show_histograms_apply(panelFactory, monkeypatch, tmp_path):
     assert ui.modelPathLineEdit.currentPath == state.model == panel.parameters.lastModel
     runFolder = Path(ui.logTextEdit.lines[0].removeprefix("Run folder: "))
     assert runFolder.parent == tmp_path / "runs" and runFolder.name.endswith("_asymmetric-focal")
-    assert ui.showHistogramsButton.enabled and panel.results.charts is not None
+    assert ui.showMarginsButton.enabled and panel.results.charts is not None
     plotView = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLPlotViewNode")
     assert plotView.GetPlotChartNodeID() == panel.results.charts.charts["label_1"].GetID()
+    # the fake's validation statistics: 82 of 400 label_1 voxels below 0 (1 mm voxels), none in training
+    assert ui.marginSummaryLabel.text == (  # the rare classes only: no background sentence
+        "<span>label_1: 20% of the validation cases' voxels (0.082 mL) are on the wrong side of the boundary "
+        "(missed), against 0.0% on the training cases; dz -1.12 (paper's measure).</span>")
     # results: the model's channels give the input selectors
     assert [label for label, _ in ui.applyInputsWidget.layout().rows] == ["t1:", "t2:"]
     assert not ui.applyButton.enabled
@@ -274,10 +280,74 @@ def test_start_train_show_histograms_apply(panelFactory, monkeypatch, tmp_path):
     ui.applyButton.click()
     runTimer(panel)
     assert "New segmentation" in ui.resultsStatusLabel.text, ui.resultsStatusLabel.text
-    assert "Metrics in table" in ui.resultsStatusLabel.text and "Logit histograms" in ui.resultsStatusLabel.text
+    assert "Metrics in table" in ui.resultsStatusLabel.text and "Margin charts" in ui.resultsStatusLabel.text
+    assert "label_1: 2" in ui.marginSummaryLabel.text and "of this case's voxels" in ui.marginSummaryLabel.text
     assert slicer.mrmlScene.GetFirstNodeByName("c2_t1 AsymSeg") is not None
     assert [p.name.endswith("_c2_t1") for p in (tmp_path / "runs" / "inference").iterdir()] == [True]
     assert not panelFactory.errors
+
+
+def segmentVoxels(segmentation, reference) -> int:
+    segmentId = segmentation.GetSegmentation().GetNthSegmentID(0)
+    return int(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, reference).sum())
+
+
+def test_apply_shows_where_the_model_hesitates_and_offsets_relabel_live(panelFactory, monkeypatch):
+    """The fake engine's probabilities: an overlay for the rare class, sliders that relabel the prediction,
+    the calibrated offsets of the model, apply and reset; the user's volumes stay as they were."""
+    panel = panelFactory.make()
+    ui = panel.ui
+    fillCases(panel)
+    smallTraining(panel)
+    fakeJob(monkeypatch, panel, iterations=2, calibration={"offsets": {"label_1": 1.5}, "criterion": "validation DSC"})
+    ui.startButton.click()
+    runTimer(panel)
+    target = panel.cases.rows[2]
+    volume = target.channelSelectors[0].currentNode()
+    voxels = np.array(slicer.util.arrayFromVolume(volume), copy=True)
+    for selector, channel in zip(panel.results.applySelectors, target.channelSelectors):
+        selector.setCurrentNode(channel.currentNode())
+    assert ui.showProbabilitiesCheckBox.checked  # on by default (the .ui)
+    ui.applyButton.click()
+    runTimer(panel)
+    assert "New segmentation" in ui.resultsStatusLabel.text, ui.resultsStatusLabel.text
+    overlay = slicer.mrmlScene.GetFirstNodeByName("c2_t1 label_1 probability")
+    assert overlay is not None and list(panel.results.overlays.values()) == [overlay]
+    assert "Where the model hesitates: 'c2_t1 label_1 probability'" in ui.resultsStatusLabel.text
+    assert panelFactory.layers[-1] == {"foreground": overlay, "foregroundOpacity": 0.5}
+    segmentation = slicer.mrmlScene.GetFirstNodeByName("c2_t1 AsymSeg")
+    predicted = segmentVoxels(segmentation, volume)
+    assert predicted == int((voxels > 1.5).sum())  # the fake engine's prediction
+    sliders = panel.results.offsets.sliders
+    assert list(sliders) == ["label_1"] and sliders["label_1"].value == 0.0
+    assert (sliders["label_1"].minimum, sliders["label_1"].maximum) == (-5.0, 5.0)
+    assert "calibrated: +1.50 (validation DSC)" in sliders["label_1"].toolTip
+    assert ui.applyOffsetsButton.enabled and ui.resetOffsetsButton.enabled and ui.useCalibratedOffsetsButton.enabled
+    counts, shown = [], predicted
+    for value in (-5.0, -1.0, 1.0, 5.0):
+        sliders["label_1"].value = value
+        assert panel.results.offsets.timer.active and segmentVoxels(segmentation, volume) == shown  # debounced
+        panel.results.offsets.timer.fireIfActive()
+        shown = segmentVoxels(segmentation, volume)
+        counts.append(shown)
+    assert counts == sorted(counts) and counts[0] < predicted < counts[-1], counts
+    assert "Preview, not applied: offsets label_1 +5.00" in ui.offsetsStatusLabel.text
+    ui.useCalibratedOffsetsButton.click()
+    assert sliders["label_1"].value == 1.5 and panel.results.offsets.timer.active
+    ui.applyOffsetsButton.click()  # within the delay: the calibrated offsets are shown first, then kept
+    calibrated = segmentVoxels(segmentation, volume)
+    assert counts[2] <= calibrated < counts[3] and not panel.results.offsets.timer.active  # no longer +5
+    assert segmentation.GetName() == "c2_t1 AsymSeg (logit offsets label_1 +1.50)"
+    table = slicer.mrmlScene.GetFirstNodeByName("c2_t1 AsymSeg logit offsets")
+    assert slicer.util.arrayFromTableColumn(table, "label_1 voxels").tolist() == [predicted, calibrated]
+    assert f"table '{table.GetName()}'" in ui.offsetsStatusLabel.text
+    ui.resetOffsetsButton.click()
+    assert sliders["label_1"].value == 0.0 and not panel.results.offsets.timer.active
+    assert segmentation.GetName() == "c2_t1 AsymSeg" and segmentVoxels(segmentation, volume) == predicted
+    ui.showProbabilitiesCheckBox.setChecked(False)  # hides the overlay
+    assert panelFactory.layers[-1] == {"foreground": None, "foregroundOpacity": 0.5}
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), voxels)
+    assert volume.GetName() == "c2_t1" and not panelFactory.errors
 
 
 def test_cancel_then_resume_and_failure_display(panelFactory, monkeypatch):

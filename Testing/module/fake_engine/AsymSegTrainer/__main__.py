@@ -1,11 +1,15 @@
 """Fake engine: speaks docs/protocol.md on stdout so the module's process control can be tested
-without torch. Behaviour comes from the job's ``fake`` object (train, plan) or ``--fake-mode`` (infer):
+without torch. Behaviour comes from the job's ``fake`` object (train, plan):
 
     mode   "ok" (default) | "error" | "stubborn" (ignores SIGTERM and STOP, has a child) |
            "noise" (non-JSON lines on stdout, logs on stderr) | "crash" (dies without a done event)
     iterations, sleep   training iterations and seconds per iteration
     children            number of sleeping child processes to spawn (tree kill)
     plan_sleep          seconds ``plan`` takes before its plan event (cancel while planning)
+
+``infer`` reads the model's classes from the ``job.json`` beside it and reports them in its
+``start`` config, with the job's ``fake.calibration`` as the model's ``calibration``;
+``infer --probabilities`` writes ``<stem>_probabilities.nii.gz`` (``probability_image``).
 
 ``plan`` (and ``train`` before it trains) emits a ``plan`` event as the engine's planning.py
 does: every planned field the job leaves out gets a value and a reason (source ``plan``), a
@@ -44,31 +48,65 @@ def values(args, name):
     return out
 
 
+UNSEEN_SHIFT = 11.0  # the rare classes' own logit on unseen cases: margins N(1, sqrt 2), about 24% below 0
+
+
+def _record(names, channels, edges, samples):
+    """The histograms and moments of AsymSegTrainer.logits' to_dict() for samples[g][c] (values of class g)."""
+    import numpy as np
+
+    fields = {"histogram": [], "underflow": [], "overflow": [], "mean": [], "m2": [], "min": [], "max": []}
+    for per_channel in samples:
+        rows = {key: [] for key in fields}
+        for values in per_channel:
+            rows["histogram"].append(np.histogram(values, edges)[0].tolist())
+            rows["underflow"].append(int((values < edges[0]).sum()))
+            rows["overflow"].append(int((values > edges[-1]).sum()))
+            rows["mean"].append(float(values.mean()))
+            rows["m2"].append(float(((values - values.mean()) ** 2).sum()))
+            rows["min"].append(float(values.min()))
+            rows["max"].append(float(values.max()))
+        for key in fields:
+            fields[key].append(rows[key])
+    return {"format": "asymseg-logit-statistics", "version": 1, "class_names": names, "channel_names": channels,
+            "bin_edges": edges.tolist(), "count": [len(per_channel[0]) for per_channel in samples], **fields}
+
+
 def logit_record(class_names, shift):
-    """A record in the format of AsymSegTrainer.logits (LogitStatistics.to_dict), from Gaussians."""
+    """A record in the format of AsymSegTrainer.logits (LogitStatistics.to_dict), from Gaussian logits: the
+    histograms of every logit channel per class, the true-class margins and the volumes (1 mm voxels).
+    ``shift`` moves the rare classes' own logit towards the boundary."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     edges = np.linspace(-20.0, 20.0, 161)
-    g = len(class_names)
-    counts = [400] * g
-    hist, mean, m2, low, high = [], [], [], [], []
-    for gi in range(g):
-        rows = [[], [], [], [], []]
-        for ci in range(g):
-            centre = (6.0 if gi == ci else -6.0) - (shift if gi > 0 and gi == ci else 0.0)
-            values = rng.normal(centre, 1.0, counts[gi])
-            rows[0].append(np.histogram(values, edges)[0].tolist())
-            rows[1].append(float(values.mean()))
-            rows[2].append(float(((values - values.mean()) ** 2).sum()))
-            rows[3].append(float(values.min()))
-            rows[4].append(float(values.max()))
-        for target, row in zip((hist, mean, m2, low, high), rows):
-            target.append(row)
-    zeros = [[0] * g for _ in range(g)]
-    return {"format": "asymseg-logit-statistics", "version": 1, "class_names": class_names,
-            "channel_names": class_names, "bin_edges": edges.tolist(), "count": counts, "histogram": hist,
-            "underflow": zeros, "overflow": zeros, "mean": mean, "m2": m2, "min": low, "max": high}
+    logits = []  # per class g: (channels, voxels)
+    for gi in range(len(class_names)):
+        centres = [(6.0 if gi == ci else -6.0) - (shift if gi > 0 and gi == ci else 0.0)
+                   for ci in range(len(class_names))]
+        logits.append(np.stack([rng.normal(c, 1.0, 400) for c in centres]))
+    margins = [z[gi] - np.delete(z, gi, axis=0).max(axis=0) for gi, z in enumerate(logits)]
+    record = _record(class_names, class_names, edges, [list(z) for z in logits])
+    missed = [float((m < 0).sum()) / 1000 for m in margins]
+    return {**record, "margins": _record(class_names, ["margin"], edges, [[m] for m in margins]),
+            "volume_ml": [len(m) / 1000 for m in margins], "missed_volume_ml": missed}
+
+
+def probability_image(array, classes, reference):
+    """Softmax of logits z_0 = 0, z_1 = 4 (x - 1.5), z_k = -4 (k > 1): its argmax is the fake prediction
+    (x > 1.5), and class 1 hesitates near the threshold. A vector image on the reference's grid."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    logits = np.full(array.shape + (classes,), -4.0)
+    logits[..., 0] = 0.0
+    logits[..., 1] = 4.0 * (array - 1.5)
+    logits -= logits.max(axis=-1, keepdims=True)
+    probabilities = np.exp(logits)
+    probabilities /= probabilities.sum(axis=-1, keepdims=True)
+    image = sitk.GetImageFromArray(probabilities.astype(np.float32), isVector=True)
+    image.CopyInformation(reference)
+    return image
 
 
 def spawn_children(count, stubborn):
@@ -192,7 +230,7 @@ def train(args):
     outputs = {}
     if fake.get("statistics"):
         names = list(job.get("classes") or {})
-        for role, shift in (("train", 0.0), ("validation", 4.0)):
+        for role, shift in (("train", 0.0), ("validation", UNSEEN_SHIFT)):
             path = out / f"logit_statistics_{role}.json"
             path.write_text(json.dumps(logit_record(names, shift)))
             outputs[f"logit_statistics_{role}"] = str(path)
@@ -207,18 +245,26 @@ def infer(args):
     images = values(args, "--images")
     out = Path(option(args, "--out"))
     model = Path(option(args, "--model"))
-    job = model.parent / "job.json"
-    names = list(json.loads(job.read_text()).get("classes") or {}) if job.is_file() else []
-    emit("start", command="infer", config={"class_names": names} if names else {}, device="cpu",
-         versions={"asymseg": "fake"}, output=str(out.parent))
+    job_path = model.parent / "job.json"
+    job = json.loads(job_path.read_text()) if job_path.is_file() else {}
+    names = list(job.get("classes") or {})
+    config = {"class_names": names} if names else {}
+    if "calibration" in job.get("fake", {}):  # the model meta's calibration, as the engine reports it
+        config["calibration"] = job["fake"]["calibration"]
+    emit("start", command="infer", config=config, device="cpu", versions={"asymseg": "fake"}, output=str(out.parent))
     image = sitk.ReadImage(images[0])
     array = sitk.GetArrayFromImage(image)
     prediction = sitk.GetImageFromArray((array > 1.5).astype(np.uint8))
     prediction.CopyInformation(image)
     emit("progress", phase="infer", iteration=1, total=1, case="input")
-    sitk.WriteImage(prediction, str(out), True)
     stem = out.name.split(".")[0]
-    outputs = {"prediction": str(out)}
+    outputs = {}
+    if "--probabilities" in args:
+        path = out.with_name(f"{stem}_probabilities.nii.gz")
+        sitk.WriteImage(probability_image(array, max(len(names), 2), image), str(path), True)
+        outputs["probabilities"] = str(path)
+    sitk.WriteImage(prediction, str(out), True)
+    outputs["prediction"] = str(out)
     if option(args, "--label"):
         metrics = out.with_name(f"{stem}_metrics.json")
         metrics.write_text(json.dumps({"raw": {"1": {"dsc": 0.9, "sensitivity": 0.8, "precision": 1.0, "hd95": 1.0}},
@@ -227,7 +273,7 @@ def infer(args):
         outputs["metrics"] = str(metrics)
     if names:
         logits = out.with_name(f"{stem}_logits.json")
-        logits.write_text(json.dumps({**logit_record(names, 4.0), "grouped_by": "reference"}))
+        logits.write_text(json.dumps({**logit_record(names, UNSEEN_SHIFT), "grouped_by": "reference"}))
         outputs["logits"] = str(logits)
     emit("done", status="finished", exit_code=0, model=None, outputs=outputs)
     return 0
