@@ -142,6 +142,20 @@ def _calibrate(args, sink: EventSink) -> dict:
     return {"status": "finished", "outputs": {"model": str(model)}}
 
 
+def _rank(args, sink: EventSink) -> dict:
+    from .ranking import rank_cases
+
+    outputs = rank_cases(args.model, args.dataset, _ids(args.cases), args.out, subset=args.subset,
+                         overlap=args.overlap, device=args.device, sink=sink)
+    return {"status": "finished", "outputs": outputs}
+
+
+def _export(args, sink: EventSink) -> dict:
+    from .bundles import export_bundle
+
+    return {"status": "finished", "outputs": export_bundle(args.model, args.out, sink)}
+
+
 def _evaluate(args, sink: EventSink) -> dict:
     from .evaluation import evaluate_folder
 
@@ -201,9 +215,18 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validation-interval", type=int, help="default: planned (about 12 validations per run)")
     p.add_argument("--early-stopping", action="store_true",
                    help="stop once the smoothed validation DSC has stopped improving (needs --val-cases)")
-    p.add_argument("--initial-checkpoint", help="fine-tune from this model file")
+    p.add_argument("--initial-checkpoint", metavar="MODEL_OR_BUNDLE",
+                   help="fine-tune from this AsymSeg model file or MONAI bundle folder (a MONAI UNet or DynUNet, e.g. "
+                        "one export wrote); leave the network out to keep its own; other classes re-initialise the "
+                        "output layer")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int)
+
+
+def _sliding_window_options(p: argparse.ArgumentParser) -> None:
+    """The options of a command that segments cases with a model: overlap and device."""
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
+    p.add_argument("--device", default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,8 +299,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dataset", type=Path, help="nnU-Net v2 raw folder of the validation cases (default: the "
                                                 "validation cases of the model's run, from job.json beside it)")
     c.add_argument("--cases", default="", metavar="ID,ID", help="with --dataset: the validation case ids")
-    c.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
-    c.add_argument("--device", default="auto")
+    _sliding_window_options(c)
+
+    r = command("rank", "rank unlabelled cases by how much the model hesitates about the rare classes: the case to "
+                        "annotate next comes first", _rank,
+                "python -m AsymSegTrainer rank --model runs/focal/model_best.pt --dataset Dataset001 --out ranking.json")
+    r.add_argument("--model", required=True, type=Path, help="model file (model_best.pt / model_last.pt)")
+    r.add_argument("--dataset", required=True, type=Path, help="nnU-Net v2 raw folder of the cases")
+    r.add_argument("--subset", choices=["Ts", "Tr"], default="Ts",
+                   help="imagesTs (default: new cases) or imagesTr; labels are never read")
+    r.add_argument("--cases", default="", metavar="ID,ID", help="case ids (default: every case of the subset)")
+    r.add_argument("--out", required=True, type=Path, metavar="FILE.json",
+                   help="the ranked cases with their score, predicted and hesitant rare-class volumes (mL)")
+    _sliding_window_options(r)
+
+    x = command("export", "write a model as a MONAI bundle (network_def, pre-processing, inferer, weights) that "
+                          "MONAI loads as it is", _export,
+                "python -m AsymSegTrainer export --model runs/focal/model_best.pt --format monai-bundle --out bundle/")
+    x.add_argument("--model", required=True, type=Path, help="model file (model_best.pt / model_last.pt)")
+    x.add_argument("--format", choices=["monai-bundle"], default="monai-bundle", help="monai-bundle (the default)")
+    x.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle folder: new or empty")
 
     e = command("evaluate", "metrics of predicted label maps against ground truth", _evaluate,
                 "python -m AsymSegTrainer evaluate --predictions preds/ --dataset Dataset001 "

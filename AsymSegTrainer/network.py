@@ -54,17 +54,28 @@ def downsampling_factor(config: dict) -> int:
     return factor
 
 
-def build_network(config: Optional[dict], in_channels: int, num_classes: int, spatial_dims: int = 3) -> nn.Module:
-    from monai.networks.nets import DynUNet, UNet
+MONAI_CLASSES = {"unet": "UNet", "dynunet": "DynUNet"}
+"""The class in ``monai.networks.nets`` of each ``network.name``."""
 
+
+def network_arguments(config: Optional[dict], in_channels: int, num_classes: int, spatial_dims: int = 3) -> dict:
+    """The constructor arguments the engine gives the network's MONAI class (:data:`MONAI_CLASSES`); every other
+    argument keeps MONAI's default. Plain JSON values: with ``_target_`` this is a MONAI bundle's ``network_def``."""
     config = network_config(config)
+    common = {"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": num_classes}
     if config["name"] == "unet":
-        return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
-                    channels=config["channels"], strides=config["strides"], num_res_units=config["num_res_units"])
+        return {**common, "channels": config["channels"], "strides": config["strides"],
+                "num_res_units": config["num_res_units"]}
     strides = config["strides"]
-    return DynUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
-                   kernel_size=[3] * len(strides), strides=strides, upsample_kernel_size=strides[1:],
-                   filters=config["filters"], res_block=True)
+    return {**common, "kernel_size": [3] * len(strides), "strides": strides, "upsample_kernel_size": strides[1:],
+            "filters": config["filters"], "res_block": True}
+
+
+def build_network(config: Optional[dict], in_channels: int, num_classes: int, spatial_dims: int = 3) -> nn.Module:
+    from monai.networks import nets
+
+    monai_class = getattr(nets, MONAI_CLASSES[network_config(config)["name"]])
+    return monai_class(**network_arguments(config, in_channels, num_classes, spatial_dims))
 
 
 def save_model(path: Path, model: nn.Module, meta: dict, optimizer: Optional[torch.optim.Optimizer] = None,

@@ -41,7 +41,8 @@ from scipy import ndimage
 
 from .data import CaseSpec, ClassMap, Normalization, estimated_foreground, load_case
 from .jobspec import NATIVE
-from .network import downsampling_factor, load_model_file, network_config
+from .bundles import load_initial_model
+from .network import downsampling_factor, network_config
 
 PLAN_FORMAT, PLAN_VERSION = "asymseg-plan", 1
 
@@ -380,7 +381,7 @@ def plan_job(job, device, sink=None) -> dict:
     if sink is not None:
         sink.emit("progress", phase="plan", iteration=0, total=len(specs))
     fp = fingerprint(specs, job.class_map, job.rarity)
-    initial = load_model_file(job.initial_checkpoint)[1] if job.initial_checkpoint else None
+    initial = load_initial_model(job.initial_checkpoint)[1] if job.initial_checkpoint else None
     network = job.network or (initial or {}).get("network") or network_config(None)
     plan = make_plan(fp, device_profile(device), job.given(), downsampling=downsampling_factor(network),
                      optimizer=job.optimizer, initial_model=initial)

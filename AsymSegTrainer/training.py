@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import distributed
+from .bundles import load_initial_model
 from .calibration import describe as describe_offsets
 from .calibration import fit_offsets
 from .checkpointing import ValidationCurve, ValidationDecision
@@ -36,7 +37,7 @@ from .locks import LOCK_FILE, FolderLock
 from .logits import LogitStatistics
 from .losses import AsymmetricLoss, TermLoss, ldam_rarity, logit_adjusted_ce, soft_fbeta_loss
 from .metrics import case_metrics, summarize
-from .network import build_network, load_model_file, load_weights, save_model, update_model_meta
+from .network import build_network, load_model_file, load_weights, network_config, save_model, update_model_meta
 from .planning import plan_job
 from .postprocessing import choose_postprocessing
 from .prediction import predict_logits
@@ -311,14 +312,23 @@ class Trainer:
         return start
 
     def _load_initial_checkpoint(self) -> None:
-        """Fine-tune from another model: same channels; a different class count resets the output layer."""
+        """Fine-tune from an AsymSeg model file or a MONAI bundle (bundles.load_initial_model): the same channels and
+        network (a job that leaves the network out is planned with the initial model's); a different class count
+        resets the output layer."""
         job = self.job
-        state, meta = load_model_file(job.initial_checkpoint)
+        state_dict, meta = load_initial_model(job.initial_checkpoint)
         if len(meta.get("channels", [])) != len(job.channels):
             raise InputError(f"The initial model {job.initial_checkpoint} takes {len(meta['channels'])} channel(s) "
                              f"{meta['channels']} but the job has {len(job.channels)} {job.channels}.",
                              "Fine-tune with images of the same channels, or start without initial_checkpoint.")
-        reset = load_weights(self.model, state["state_dict"])
+        theirs = (meta.get("spatial_dims"), network_config(meta["network"]))
+        ours = (self.spatial_dims, network_config(job.network))
+        if theirs != ours:
+            raise InputError(f"The initial model {job.initial_checkpoint} is the {theirs[0]}D network {theirs[1]} but "
+                             f"the job trains the {ours[0]}D network {ours[1]}.",
+                             "Leave network out of the job (fine-tuning then plans the initial model's), set it to the "
+                             "initial model's, or start without initial_checkpoint.")
+        reset = load_weights(self.model, state_dict)
         if reset:
             self.sink.warning(f"The initial model has {len(meta.get('class_names', []))} classes and this job "
                               f"{job.class_map.num_classes}: the output layer was re-initialised ({', '.join(reset)}).",
