@@ -25,7 +25,7 @@ from .runs import CALIBRATED, CALIBRATED_ROW, LAST_SUFFIX, logit_means, pooled_s
 from .settings import BENCH_FORMAT, BENCH_VERSION, created
 
 RUN_KEYS = ("method", "fold", "seed", "train_cases", "validation_cases", "test_cases", "postprocessing", *VARIANTS,
-            "logit_shift", "logit_means", "training_cases", "model_iteration", "last", "seconds")
+            "logit_shift", "logit_means", "training_cases", "model_iteration", "last", "seconds", CALIBRATED)
 """The fields of a run.json that results.json repeats per run (those it has: older runs lack ``chosen``)."""
 
 

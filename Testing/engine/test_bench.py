@@ -95,6 +95,8 @@ def test_quick_bench_writes_results_report_and_figures(quick_bench):
     for label in ("raw", "chosen on validation", "largest component"):
         assert f"| vanilla | {label} | " in report
     assert "| vanilla + calibrated | " in report and "| asymmetric-focal + calibrated | " in report
+    paired = report.split("## Paired with vanilla")[1].split("## Per fold")[0]
+    assert paired.count("| vanilla + calibrated | ") == paired.count("| asymmetric-focal + calibrated | ") == 2
     for method in METHODS:  # the offsets of the calibrated rows are the ones training stored in each run's model
         for fold in range(FOLDS):
             record = json.loads((quick_bench / "runs" / method / f"fold{fold}_seed0" / "run.json").read_text())
