@@ -47,7 +47,8 @@ class AsymSeg(ScriptedLoadableModule):
             "lesion, a tumour core) are not under-segmented on new cases.<br><br>"
             "<b>1. Training data</b>: one row per case, one volume per channel plus a labelmap or segmentation, "
             "an optional ROI mask (a labelmap or a segment), role train or validation. Problems are shown next to "
-            "each row.<br>"
+            "each row, which is named after the patient (DICOM patient name, else the first volume's name); an "
+            "empty annotation is an error.<br>"
             "<b>2. Classes</b>: the classes found, their voxel counts and background:class ratio; mark the rare "
             "ones.<br>"
             "<b>3. Technique</b>: asymmetric focal loss is recommended first; the asymmetric margin, adversarial, "
@@ -61,7 +62,10 @@ class AsymSeg(ScriptedLoadableModule):
             "probability over the slices: where the model hesitates), and look at the margin charts of training "
             "vs unseen cases: the share of a rare class's voxels on the wrong side of the decision boundary "
             "(missed), much larger on unseen cases when the model over-fitted. A logit offset per rare class "
-            "moves its boundary and updates the segmentation at once; Apply offsets keeps it.<br><br>"
+            "moves its boundary and updates the segmentation at once; Apply offsets keeps it. Each run's nodes "
+            "(segmentation, metrics table in % and mm, overlays, charts) are in one folder 'AsymSeg &lt;run&gt;' of "
+            "the Data module; while a prediction is shown the other segmentations are hidden, and hiding or "
+            "deleting it shows them again.<br><br>"
             f"Method: {PAPER}."
         )
         self.parent.acknowledgementText = (

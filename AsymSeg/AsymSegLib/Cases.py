@@ -4,13 +4,16 @@ Qt-free. A case is a list of scalar volume nodes, one per channel in the same ch
 for every case, plus an annotation (labelmap volume or segmentation node), an optional ROI
 mask (a labelmap volume, non-zero = inside, or a segment of a segmentation node) and a role.
 The checks return ``Issue`` objects that the panel shows inline next to the row they concern;
-errors block Start, warnings do not.
+errors block Start, warnings do not. A case is called after its patient (``displayName``): the DICOM
+patient name of its first channel when the subject hierarchy has one, else that volume's name; an
+issue names the case and its row ("BraTS_001 (row 1): ..."). An annotation with no voxel of any
+class is an error naming the node (labelmaps: read at once; segmentations: their binary labelmaps).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from .Geometry import Geometry, hasParentTransform
@@ -33,10 +36,35 @@ class CaseInput:
         return self.images[0] if self.images else None
 
     def displayName(self, index: int) -> str:
+        """The case's name: ``name``, else the DICOM patient name of the first channel, else its node name,
+        else "case <row>"."""
         if self.name:
             return self.name
         ref = self.reference
-        return ref.GetName() if ref is not None else f"case {index + 1}"
+        if ref is None:
+            return f"case {index + 1}"
+        return patientName(ref) or ref.GetName() or f"case {index + 1}"
+
+
+PATIENT_NAME_ATTRIBUTE = "DICOM.PatientName"
+
+
+def patientName(node) -> str:
+    """The DICOM patient name of the subject-hierarchy item above ``node`` ("" when none: not loaded from
+    DICOM, or no subject hierarchy). DICOM's ``^`` separators become spaces."""
+    scene = node.GetScene() if node is not None else None
+    if scene is None:
+        return ""
+    import slicer
+
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = shNode.GetItemByDataNode(node) if shNode is not None else 0
+    while item and item != shNode.GetSceneItemID():
+        name = shNode.GetItemAttribute(item, PATIENT_NAME_ATTRIBUTE)
+        if name:
+            return " ".join(part for part in name.replace("^", " ").split() if part)
+        item = shNode.GetItemParent(item)
+    return ""
 
 
 @dataclass(frozen=True)
@@ -45,13 +73,15 @@ class Issue:
     message: str
     case: Optional[int] = None    # row index, None for the whole table
     hint: str = ""
+    caseName: str = ""            # the case's displayName ("" : "Case <row>")
 
     @property
     def isError(self) -> bool:
         return self.severity == "error"
 
     def __str__(self) -> str:
-        where = f"Case {self.case + 1}: " if self.case is not None else ""
+        where = "" if self.case is None else \
+            f"{self.caseName} (row {self.case + 1}): " if self.caseName else f"Case {self.case + 1}: "
         return f"{where}{self.message}" + (f" ({self.hint})" if self.hint else "")
 
 
@@ -77,8 +107,19 @@ def caseIdentifiers(cases: list[CaseInput]) -> list[str]:
     return ids
 
 
+def nameIssues(issues: list[Issue], cases: list[CaseInput]) -> list[Issue]:
+    """The issues, each about a case given that case's name (``displayName``)."""
+    return [replace(i, caseName=cases[i.case].displayName(i.case))
+            if i.case is not None and not i.caseName and 0 <= i.case < len(cases) else i for i in issues]
+
+
 def checkCases(cases: list[CaseInput], channelCount: int) -> list[Issue]:
-    """Structure and geometry checks that need no voxel reading (voxel checks: ``Classes``)."""
+    """Structure and geometry checks, and whether each annotation has a voxel of a class (other voxel checks:
+    ``Classes``); each issue names its case."""
+    return nameIssues(_checkCases(cases, channelCount), cases)
+
+
+def _checkCases(cases: list[CaseInput], channelCount: int) -> list[Issue]:
     issues: list[Issue] = []
     if channelCount < 1:
         issues.append(Issue("error", "Choose at least one input channel."))
@@ -86,8 +127,9 @@ def checkCases(cases: list[CaseInput], channelCount: int) -> list[Issue]:
         issues.append(Issue("error", "Add at least one case.", hint="Press 'Add case' and choose its volumes"))
         return issues
     seen: dict = {}
+    names = [case.displayName(index) for index, case in enumerate(cases)]
     for index, case in enumerate(cases):
-        issues += _checkCase(index, case, channelCount, seen)
+        issues += _checkCase(index, case, channelCount, seen, names)
     roles = [case.role for case in cases]
     if "train" not in roles:
         issues.append(Issue("error", "No case has the role 'train'.", hint="Set the role of at least one case to train"))
@@ -98,7 +140,7 @@ def checkCases(cases: list[CaseInput], channelCount: int) -> list[Issue]:
     return issues
 
 
-def _checkCase(index: int, case: CaseInput, channelCount: int, seen: dict) -> list[Issue]:
+def _checkCase(index: int, case: CaseInput, channelCount: int, seen: dict, caseNames: list) -> list[Issue]:
     issues = []
 
     def add(severity, message, hint=""):
@@ -122,7 +164,8 @@ def _checkCase(index: int, case: CaseInput, channelCount: int, seen: dict) -> li
             add("warning", f"'{node.GetName()}' is under a transform, which the export ignores.",
                 "Harden the transform first (Data module) if it matters")
         if node.GetID() in seen:
-            add("warning", f"'{node.GetName()}' is also used in case {seen[node.GetID()] + 1}.")
+            other = seen[node.GetID()]
+            add("warning", f"'{node.GetName()}' is also used in case '{caseNames[other]}' (row {other + 1}).")
         else:
             seen[node.GetID()] = index
     reference = case.reference
@@ -141,6 +184,8 @@ def _checkCase(index: int, case: CaseInput, channelCount: int, seen: dict) -> li
     else:
         _checkLabelNode(case.annotation, "", refGeometry, refTransformed, add,
                         "Resample the labelmap, or convert it to a segmentation (exported in channel 1's geometry)")
+        if annotationIsEmpty(case.annotation):
+            issues.append(emptyAnnotationIssue(index, case))
     if case.mask is not None:
         _checkLabelNode(case.mask, "ROI mask ", refGeometry, refTransformed, add,
                         "Resample the mask onto channel 1, or use a segment (exported in channel 1's geometry)")
@@ -149,6 +194,44 @@ def _checkCase(index: int, case: CaseInput, channelCount: int, seen: dict) -> li
             add("error", f"ROI mask segment '{case.maskSegment}' is not in segmentation '{case.mask.GetName()}'.",
                 "Choose one of its segments again")
     return issues
+
+
+def emptyAnnotationIssue(index: int, case: CaseInput) -> Issue:
+    """The error of a case whose annotation has no voxel of any class."""
+    return Issue("error", f"Annotation '{case.annotation.GetName()}' is empty: no voxel of any class (background "
+                          f"only).", index, "Choose the annotation of this case, or draw it first",
+                 case.displayName(index))
+
+
+def annotationIsEmpty(node) -> bool:
+    """Whether a labelmap has only zeros, or a segmentation no voxel in the binary labelmaps of its segments.
+    False when it cannot be told without converting (a segmentation stored as closed surfaces)."""
+    if isLabelmap(node):
+        image = node.GetImageData()
+        if image is None or image.GetPointData().GetScalars() is None:
+            return False
+        import slicer
+
+        return not slicer.util.arrayFromVolume(node).any()
+    if not isSegmentation(node):
+        return False
+    segmentation = node.GetSegmentation()
+    if segmentation.GetNumberOfSegments() == 0:
+        return False  # an error of its own
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        image = segment.GetRepresentation("Binary labelmap")
+        if image is None:
+            return False
+        scalars = image.GetPointData().GetScalars() if image.GetPointData() is not None else None
+        if scalars is None or scalars.GetNumberOfTuples() == 0:
+            continue
+        value = segment.GetLabelValue() if hasattr(segment, "GetLabelValue") else 1
+        if (vtk_to_numpy(scalars) == value).any():
+            return False
+    return True
 
 
 def _checkLabelNode(node, role: str, refGeometry, refTransformed: bool, add, resampleHint: str) -> None:

@@ -183,7 +183,8 @@ class CasesSection:
 
     def check(self, extraIssues: Optional[list[Issue]] = None) -> None:
         """Check the cases and show the problems (plus ``extraIssues``, e.g. the class analysis's)."""
-        self.issues = self.logic.checkCases(self.cases(), self.channelNames()) + list(extraIssues or [])
+        self.issues = list(dict.fromkeys(self.logic.checkCases(self.cases(), self.channelNames()) +
+                                         list(extraIssues or [])))  # the same issue once
         byRow: dict = {}
         for issue in self.issues:
             if issue.case is not None:

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from .Annotations import readAnnotation, readMask
-from .Cases import CaseInput, Issue, isLabelmap, isScalarVolume, isSegmentation
+from .Cases import CaseInput, Issue, emptyAnnotationIssue, isLabelmap, isScalarVolume, isSegmentation, nameIssues
 
 BACKGROUND = "background"
 PALETTE = [  # distinct, colour-blind friendly (Okabe-Ito + Tol), used when no colour is known
@@ -182,16 +182,15 @@ def discoverClasses(cases: list[CaseInput]) -> ClassAnalysis:
             info.allVoxels += number
             if counted:
                 info.trainVoxels += number
-        if sum(n for v, n in counts.items() if v != 0) == 0:
-            issues.append(Issue("warning", f"Annotation '{case.annotation.GetName()}' is empty (background only).",
-                                index, "Check that the right annotation is chosen"))
+        if sum(n for v, n in counts.items() if v != 0) == 0:  # as checkCases says (segments named background)
+            issues.append(emptyAnnotationIssue(index, case))
         if index in segmentValues:
             for segment in annotation.segments:
                 if not np.any(annotation.array == segment.provisionalValue):
                     issues.append(Issue("warning", f"Segment '{segment.name}' is empty or hidden by overlapping "
                                                    f"segments in '{case.annotation.GetName()}'.", index))
     catalog.suggestRarity()
-    return ClassAnalysis(catalog, issues, segmentValues)
+    return ClassAnalysis(catalog, nameIssues(issues, cases), segmentValues)
 
 
 def _maskIssues(index: int, case: CaseInput) -> list[Issue]:

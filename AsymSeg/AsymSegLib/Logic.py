@@ -10,6 +10,13 @@ Runs go to the output folder the user chose, else ``defaultOutputFolder()``: a t
 training (the engine's ``plan`` command, before Start) exports the same job into a temporary
 folder that is removed when the plan has been read (``preparePlan``, ``startPlan``, ``finishPlan``).
 
+In the scene, every node a run's import makes (segmentation, metrics and offsets tables, probability
+overlays, margin charts with their tables and series) goes into ONE subject-hierarchy folder named
+after the run folder, "AsymSeg <run folder name>" (``SceneUtils.runFolderItem``; importing the same
+run again reuses it). A new prediction hides the other segmentations in the views, remembering their
+visibility; hiding or removing the prediction, or ``restoreSegmentations``, gives it back
+(``SceneUtils.PredictionVisibility``).
+
 Folder layout of one training run (``runFolder``)::
 
     job.json               the job spec (paths relative to this folder)
@@ -39,6 +46,7 @@ from .Probabilities import Calibration, OffsetPreview, addProbabilityOverlays, r
 from .ResultImport import importMetrics, importPrediction, readLabelArray
 from .Runs import EngineTask, RunStatus
 from .SceneExport import exportAnnotation, exportCases, exportVolumes
+from .SceneUtils import PredictionVisibility, placeInFolder, runFolderItem
 
 MODULE_FILE = "asymseg_module.json"
 STOP_FILE = "STOP"
@@ -75,12 +83,14 @@ class PreparedInference:
 class TrainingResults:
     modelPath: Optional[str]
     charts: Optional[LogitChartSet] = None
+    folder: int = 0                                   # the run's subject-hierarchy folder item (0: no nodes made)
     messages: list = field(default_factory=list)
 
 
 @dataclass
 class InferenceResults:
     segmentation: object
+    folder: int = 0                                   # the run's subject-hierarchy folder item
     metricsTable: object = None
     charts: Optional[LogitChartSet] = None
     messages: list = field(default_factory=list)
@@ -186,6 +196,7 @@ class AsymSegCoreLogic:
         self.python = python
         self.engineDirectory = Path(engineDirectory) if engineDirectory else None
         self.cancelTimeout = cancelTimeout
+        self.visibility = PredictionVisibility()  # the other segmentations hidden while a prediction is shown
 
     # ---------------------------------------------------------------- engine location
 
@@ -257,8 +268,10 @@ class AsymSegCoreLogic:
 
     # ---------------------------------------------------------------- training results
 
-    def importTrainingResults(self, task: EngineTask, name: str = "AsymSeg training") -> TrainingResults:
-        """Margin charts of training vs validation (unseen) cases, when the engine wrote their logit statistics."""
+    def importTrainingResults(self, task: EngineTask, name: str = "") -> TrainingResults:
+        """Margin charts of training vs validation (unseen) cases, when the engine wrote their logit statistics,
+        in the run's folder of the subject hierarchy (``name``: the charts' prefix, the run folder's name
+        by default)."""
         state = task.state
         results = TrainingResults(state.model)
         if state.status is not RunStatus.FINISHED:
@@ -276,8 +289,12 @@ class AsymSegCoreLogic:
         retrain = "train the model again to chart them"
         results.messages += _withoutMargins([(train, trainPath, retrain), (unseen, unseenPath, retrain)])
         if train.hasMargins and (unseen is None or unseen.hasMargins):
-            results.charts = buildMarginCharts(train, unseen, name=f"{name} margins", colors=task.context.get("colors"),
+            runFolder = Path(task.context.get("folder") or out.parent)
+            results.charts = buildMarginCharts(train, unseen, name=name or runFolder.name,
+                                               colors=task.context.get("colors"),
                                                unseenLabel="validation", unseenOwner="the validation cases'")
+            results.folder = runFolderItem(runFolder)
+            placeInFolder(results.folder, *results.charts.nodes())
         return results
 
     # ---------------------------------------------------------------- inference
@@ -336,8 +353,28 @@ class AsymSegCoreLogic:
             names = ["background"] + [f"class_{i}" for i in range(1, 256)]
         segmentation = importPrediction(prediction, names, referenceVolume,
                                         name=name or f"{referenceVolume.GetName()} AsymSeg", colors=task.context.get("colors"))
-        results = InferenceResults(segmentation, rareClasses=rareClasses(names, prepared.rarity),
+        results = InferenceResults(segmentation, folder=runFolderItem(prepared.folder),
+                                   rareClasses=rareClasses(names, prepared.rarity),
                                    calibration=Calibration.fromConfig(config))
+        try:
+            self._importInferenceOutputs(results, prepared, state, config, names, prediction, referenceVolume, overlays,
+                                        task.context.get("colors"))
+        finally:  # whatever was made goes into the run's folder, and the prediction is shown alone
+            placeInFolder(results.folder, segmentation, results.metricsTable, *results.overlays.values(),
+                          *(results.charts.nodes() if results.charts is not None else []))
+            self.visibility.follow(segmentation)
+        return results
+
+    def restoreSegmentations(self) -> None:
+        """The segmentations hidden for the last prediction get their visibility back."""
+        self.visibility.restore()
+
+    def _importInferenceOutputs(self, results: InferenceResults, prepared: PreparedInference, state, config: dict,
+                                names: list, prediction: Path, referenceVolume, overlays: bool,
+                                colors: Optional[dict]) -> None:
+        """Metrics, margin charts, probabilities and overlays of a prediction into ``results``."""
+        segmentation = results.segmentation
+        outputs = {k: Path(v) for k, v in state.outputs.items()}
         specs = config.get("postprocessing")
         results.postprocessing = {str(k): str(v) for k, v in specs.items()} if isinstance(specs, dict) else {}
         stem = _stem(prepared.outputPath)
@@ -352,8 +389,8 @@ class AsymSegCoreLogic:
                                                  (case, logitsPath, "re-run inference")])
             if train.hasMargins and case.hasMargins:
                 unseenLabel = "this case (by prediction)" if case.groupedBy == "prediction" else "this case"
-                results.charts = buildMarginCharts(train, case, name=f"{segmentation.GetName()} margins",
-                                                   colors=task.context.get("colors"), unseenLabel=unseenLabel,
+                results.charts = buildMarginCharts(train, case, name=segmentation.GetName(),
+                                                   colors=colors, unseenLabel=unseenLabel,
                                                    unseenOwner="this case's")
         elif logitsPath.is_file():
             results.messages.append("No training logit statistics beside the model: margin charts not shown.")
@@ -362,17 +399,17 @@ class AsymSegCoreLogic:
         if not probabilitiesPath.is_file():
             results.messages.append("The engine wrote no class probabilities: no probability overlay, "
                                     "no logit offsets.")
-            return results
+            return
         try:
             probabilities = readProbabilities(probabilitiesPath, names, referenceVolume)
             results.offsets = OffsetPreview(probabilities, names, segmentation, readLabelArray(prediction))
         except RuntimeError as error:  # the segmentation, metrics and charts stand without them
             results.messages.append(f"{error} No probability overlay, no logit offsets.")
-            return results
+            return
         if overlays:
             results.overlays = addProbabilityOverlays(probabilities, names, results.rareClasses,
                                                       referenceVolume.GetName())
-        return results
+        return
 
 
 def _withoutMargins(files: list) -> list[str]:

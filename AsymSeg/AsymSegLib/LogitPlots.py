@@ -195,6 +195,28 @@ class LogitChartSet:
     summary: object       # vtkMRMLTableNode
     sentences: dict       # class name -> marginSentence
 
+    def nodes(self) -> list:
+        """Every node of the set (charts, their tables and series, the summary table), each once."""
+        found = [self.summary, *self.charts.values(), *self.tables.values()]
+        for series in self.series.values():
+            found += series
+        for series in self.series.values():
+            found += [s.GetTableNode() for s in series]
+        unique, seen = [], set()
+        for node in found:
+            if node is not None and node.GetID() not in seen:
+                seen.add(node.GetID())
+                unique.append(node)
+        return unique
+
+
+SIDE_WORDS = {"train": "training cases", "validation": "validation cases", "unseen": "unseen cases"}
+"""A side's chart label -> its words in node names ("lesion margin, training cases: 3.0% missed")."""
+
+
+def sideWords(label: str) -> str:
+    return SIDE_WORDS.get(label, label)
+
 
 def _series(scene, name: str, table, xColumn: str, yColumn: str, color, style: str, width: int):
     import slicer
@@ -212,10 +234,15 @@ def _series(scene, name: str, table, xColumn: str, yColumn: str, color, style: s
     return node
 
 
-def buildMarginCharts(train: LogitStatistics, unseen: Optional[LogitStatistics] = None, name: str = "AsymSeg margins",
+def buildMarginCharts(train: LogitStatistics, unseen: Optional[LogitStatistics] = None, name: str = "AsymSeg",
                       colors: Optional[dict] = None, trainLabel: str = "train", unseenLabel: str = "unseen",
                       unseenOwner: str = "the unseen cases'") -> LogitChartSet:
-    """New table, series and chart nodes for every class with voxels on either side; both files need margins."""
+    """New table, series and chart nodes for every class with voxels on either side; both files need margins.
+
+    Node names are plain words, prefixed by ``name`` (the run or case): the chart "<name>: lesion margin,
+    training vs validation cases", its table "<name>: lesion margin densities", the series "lesion margin,
+    training cases: 3.0% missed" and "lesion decision boundary (margin 0)", the tables "<name>: decision
+    boundaries" and "<name>: margin summary"."""
     import slicer
 
     from .ResultImport import classColors, tableFromRows
@@ -228,6 +255,7 @@ def buildMarginCharts(train: LogitStatistics, unseen: Optional[LogitStatistics] 
     if unseen is not None and not np.array_equal(unseen.margins.binEdges, train.margins.binEdges):
         raise ValueError("Training and unseen margins use different bin edges.")
     scene = mrmlScene()
+    prefix = f"{name}: " if name else ""
     palette = classColors(train.classNames, colors)
     palette[0] = (0.35, 0.35, 0.35)  # background drawn in grey rather than black
     edges = train.margins.binEdges
@@ -252,11 +280,12 @@ def buildMarginCharts(train: LogitStatistics, unseen: Optional[LogitStatistics] 
             continue
         densities = {label: stats.density(g) for label, stats in present}
         window = _visibleRange(list(densities.values()), len(centers))
-        tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} {className} table"))
+        tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{prefix}{className} margin densities"))
         slicer.util.updateTableFromArray(tableNode, [centers[window]] + [d[window] for d in densities.values()],
                                          [MARGIN_COLUMN] + list(densities))
         boundaryColumns[className] = np.array([0.0, max(float(d[window].max()) for d in densities.values())])
-        chartNode = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(f"{name} {className}"))
+        chartNode = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(
+            f"{prefix}{className} margin, " + " vs ".join(sideWords(label) for label, _ in sides)))
         rates = {label: stats.crossingRate(g) for label, stats in present if stats.groupedBy != "prediction"}
         headline = " vs ".join(f"{percent(rate)} missed on {label}" for label, rate in rates.items())
         chartNode.SetTitle(f"'{className}' margin" + (f": {headline}" if headline else ""))
@@ -266,7 +295,8 @@ def buildMarginCharts(train: LogitStatistics, unseen: Optional[LogitStatistics] 
         chartNode.SetAttribute("AsymSeg.Summary", sentences[className])
         seriesNodes = []
         for label, stats in present:
-            title = f"{label}: {percent(rates[label])} missed" if label in rates else label
+            title = f"{className} margin, {sideWords(label)}" + \
+                (f": {percent(rates[label])} missed" if label in rates else "")
             seriesNode = _series(scene, title, tableNode, MARGIN_COLUMN, label, palette[g],
                                  "Solid" if stats is train else "Dash", 3 if stats is train else 2)
             seriesNode.SetAttribute("AsymSeg.Side", "train" if stats is train else "unseen")
@@ -274,15 +304,15 @@ def buildMarginCharts(train: LogitStatistics, unseen: Optional[LogitStatistics] 
             seriesNodes.append(seriesNode)
         charts[className], tables[className], seriesByClass[className] = chartNode, tableNode, seriesNodes
     if charts:  # one table holds the boundary line of every chart: x = 0, from 0 to the chart's highest density
-        boundaryTable = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} boundary"))
+        boundaryTable = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{prefix}decision boundaries"))
         slicer.util.updateTableFromArray(boundaryTable, list(boundaryColumns.values()), list(boundaryColumns))
         for className, chartNode in charts.items():
-            seriesNode = _series(scene, "decision boundary", boundaryTable, MARGIN_COLUMN, className, BOUNDARY_COLOR,
+            seriesNode = _series(scene, f"{className} decision boundary (margin 0)", boundaryTable, MARGIN_COLUMN, className, BOUNDARY_COLOR,
                                  "Dot", 1)
             seriesNode.SetAttribute("AsymSeg.Side", "boundary")
             chartNode.AddAndObservePlotSeriesNodeID(seriesNode.GetID())
             seriesByClass[className].append(seriesNode)
-    summary = tableFromRows(summaryRows, list(summaryRows[0]), f"{name} summary")
+    summary = tableFromRows(summaryRows, list(summaryRows[0]), f"{prefix}margin summary")
     return LogitChartSet(charts, tables, seriesByClass, summary, sentences)
 
 

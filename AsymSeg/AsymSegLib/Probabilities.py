@@ -27,7 +27,7 @@ import numpy as np
 
 from .Geometry import Geometry
 from .ResultImport import tableFromRows
-from .SceneUtils import mrmlScene, readVolumeData, removeWithDependents
+from .SceneUtils import folderOf, mrmlScene, placeInFolder, readVolumeData, removeWithDependents
 
 PROBABILITY_FLOOR = float(np.finfo(np.float32).tiny)
 HEAT_COLORS = "vtkMRMLPETProceduralColorNodePET-Heat"  # black-red-yellow-white, built into Slicer's Colors module
@@ -126,7 +126,8 @@ class OffsetPreview:
 
     ``show(offsets)`` updates its segments in place (a node the module created); ``apply()``
     keeps what is shown: the segmentation's name and ``AsymSeg.LogitOffsets`` attribute say
-    which offsets, and a table records them with the class volumes; ``discard()`` goes back to
+    which offsets, and a table (in the prediction's subject-hierarchy folder) records them with the class
+    volumes; ``discard()`` goes back to
     what was last applied, ``reset()`` to the engine's label map.
     """
 
@@ -203,6 +204,7 @@ class OffsetPreview:
         columns = list(self.rows[0])
         if self.table is None:
             self.table = tableFromRows(self.rows, columns, f"{self.baseName} logit offsets")
+            placeInFolder(folderOf(self.segmentation), self.table)  # beside the prediction, in its run's folder
         else:
             tableFromRows(self.rows, columns, tableNode=self.table)
         return self.table

@@ -1,7 +1,8 @@
 """Import of engine results into NEW MRML nodes: prediction -> segmentation, metrics -> table.
 
 The metrics table has one row per post-processing and class, its columns in plain words with
-their units (percent for rates, mm for HD95): voxel overlap, then lesions found, missed and
+their units (percent for rates, mm for HD95: "DSC (%)", "Sensitivity (%)", "Precision (%)",
+"HD95 (mm)"...): voxel overlap, then lesions found, missed and
 false positive (a lesion is a 26-connected component; protocol.md, "infer outputs"), and a
 sentence saying what each post-processing did.
 
@@ -138,7 +139,7 @@ METRIC_COLUMNS = ("dsc", "sensitivity", "precision", "specificity", "hd95", "ref
                   "lesions_reference", "lesions_detected", "lesions_false_positive", "lesion_sensitivity")
 """The engine's per-class metric keys a row keeps; a dictionary with any of them holds a class's metrics."""
 
-TABLE_COLUMNS = (("Dice (%)", "dsc", 100.0), ("Sensitivity (%)", "sensitivity", 100.0),
+TABLE_COLUMNS = (("DSC (%)", "dsc", 100.0), ("Sensitivity (%)", "sensitivity", 100.0),
                  ("Precision (%)", "precision", 100.0), ("Specificity (%)", "specificity", 100.0),
                  ("HD95 (mm)", "hd95", 1.0), ("Lesions in reference", "lesions_reference", 1.0),
                  ("Lesions found", "lesions_detected", 1.0), ("Lesions missed", "lesions_missed", 1.0),

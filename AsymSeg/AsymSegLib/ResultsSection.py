@@ -5,7 +5,9 @@ One volume selector per channel of the chosen model (else of the Training data s
 A finished training hands its model and margin charts here; the charts' sentences (share of
 each rare class's voxels on the wrong side of the boundary) go under the buttons. A prediction
 comes with, per rare class, its probability as the slice views' foreground (heat colours) unless
-"Show where the model hesitates" is unchecked, and with the logit-offset sliders. ``changed``
+"Show where the model hesitates" is unchecked, and with the logit-offset sliders. Every node of a
+run is in its folder "AsymSeg <run folder>" of the Data module; while the prediction is shown the
+other segmentations are hidden (the logic's ``PredictionVisibility``). ``changed``
 is emitted when what the Apply button depends on changed.
 """
 
@@ -134,7 +136,8 @@ class ResultsSection:
         slicer.util.setSliceViewerLayers(background=reference, fit=True)
         self.onShowProbabilities(self.ui.showProbabilitiesCheckBox.checked)
         self.offsets.setResults(results)
-        text = f"New segmentation '{results.segmentation.GetName()}'."
+        text = f"New segmentation '{results.segmentation.GetName()}'{_inFolder(results.folder)}; the other " \
+            "segmentations are hidden while it is shown (hide or delete it to show them again)."
         if self.overlays:
             text += " Where the model hesitates: " + ", ".join(f"'{n.GetName()}'" for n in self.overlays.values()) + \
                 f" (heat colours over the slices; transparent below {OVERLAY_THRESHOLD:.0%})."
@@ -169,3 +172,11 @@ class ResultsSection:
         self.ui.marginSummaryLabel.text = ""
         self.overlays = {}
         self.offsets.clear()
+
+
+def _inFolder(folderItem: int) -> str:
+    """`` in folder 'AsymSeg <run>' (Data module)`` for a subject-hierarchy folder item, "" for none."""
+    if not folderItem:
+        return ""
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    return f" in folder '{shNode.GetItemName(folderItem)}' (Data module)" if shNode is not None else ""

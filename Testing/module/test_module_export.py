@@ -154,13 +154,21 @@ def test_inline_checks(mrml, tmp_path):
     ]
     issues = checkCases(cases, 2)
     text = [str(i) for i in issues]
-    assert any("Case 1" in t and "channel 2 differs" in t and "size" in t for t in text)
-    assert any("Case 1" in t and "labelmap 'lab_other_grid' differs" in t and "spacing" in t for t in text)
-    assert any("Case 2" in t and "not chosen" in t for t in text)
-    assert any("Case 3" in t and "No annotation" in t for t in text)
-    assert any(i.severity == "warning" and "also used" in i.message for i in issues)
+    # rows are named after their first volume (the patient), with the row number
+    assert any(t.startswith("img (row 1): ") and "channel 2 differs" in t and "size" in t for t in text)
+    assert any(t.startswith("img (row 1): ") and "labelmap 'lab_other_grid' differs" in t and "spacing" in t
+               for t in text)
+    assert any(t.startswith("img_shifted (row 2): ") and "not chosen" in t for t in text)
+    assert any(t.startswith("img (row 3): ") and "No annotation" in t for t in text)
+    assert not any(t.startswith("Case ") for t in text)
+    assert "'img' is also used in case 'img' (row 1)." in [i.message for i in issues if i.severity == "warning"]
+    # an empty annotation is an error of checkCases itself, naming the row and the node
+    assert "img_shifted (row 2): Annotation 'lab_empty' is empty: no voxel of any class (background only). " \
+           "(Choose the annotation of this case, or draw it first)" in [str(i) for i in issues if i.isError]
     voxel = discoverClasses([CaseInput([volume], empty, "train")]).issues
-    assert any(i.severity == "warning" and "empty" in i.message for i in voxel)
+    assert [str(i) for i in voxel if "empty" in i.message] == [
+        "img (row 1): Annotation 'lab_empty' is empty: no voxel of any class (background only). "
+        "(Choose the annotation of this case, or draw it first)"]
     assert any("No validation case" in i.message and not i.isError for i in checkCases([CaseInput([volume], empty)], 1))
     with pytest.raises(ExportError) as raised:
         exportCases(cases, ["a", "b"], tmp_path)
@@ -213,11 +221,11 @@ def test_roi_mask_problems_name_the_case_and_the_node(mrml, tmp_path):
              CaseInput([volume], annotation, "validation", mask=segmentation, maskSegment="gone"),
              CaseInput([volume], annotation, "train", mask=volume)]
     text = [str(i) for i in checkCases(cases, 1) if i.isError]
-    assert any(t.startswith("Case 1: Geometry of ROI mask labelmap 'roi_other_grid' differs from channel 1: "
+    assert any(t.startswith("img (row 1): Geometry of ROI mask labelmap 'roi_other_grid' differs from channel 1: "
                             "spacing") and "Resample the mask" in t for t in text), text
-    assert "Case 2: ROI mask segment 'gone' is not in segmentation 'roi_seg'. (Choose one of its segments again)" \
+    assert "img (row 2): ROI mask segment 'gone' is not in segmentation 'roi_seg'. (Choose one of its segments again)" \
         in text
-    assert any(t.startswith("Case 3: ROI mask 'img' is neither a labelmap volume nor a segmentation") for t in text)
+    assert any(t.startswith("img (row 3): ROI mask 'img' is neither a labelmap volume nor a segmentation") for t in text)
     with pytest.raises(ExportError, match="roi_other_grid"):
         exportCases(cases, ["ct"], tmp_path)
     assert not (tmp_path / "masks").exists()
@@ -226,9 +234,54 @@ def test_roi_mask_problems_name_the_case_and_the_node(mrml, tmp_path):
     emptyCases = [CaseInput([volume], annotation, "train", mask=empty)]
     assert not [i for i in checkCases(emptyCases, 1) if i.isError]
     issues = [str(i) for i in discoverClasses(emptyCases).issues]
-    assert issues == ["Case 1: ROI mask 'roi_empty' is empty: no voxel is inside. (Choose the mask (or segment) "
+    assert issues == ["img (row 1): ROI mask 'roi_empty' is empty: no voxel is inside. (Choose the mask (or segment) "
                       "that covers the region of interest, or none)"]
     with pytest.raises(ExportError, match="roi_empty"):
         exportCases(emptyCases, ["ct"], tmp_path)
     # masks with a structural problem are not read again by the voxel checks (one message per problem)
     assert discoverClasses(cases).issues == []
+
+
+def test_an_empty_annotation_is_rejected_by_checkCases(mrml, tmp_path):
+    """Empty labelmaps and segmentations whose segments hold no voxel are errors naming the row and the node;
+    a segmentation with a voxel passes."""
+    image, label = blobCase(7)
+    volume = addVolume(image, "BraTS_001_flair")
+    full = addSegmentation(label, volume, {1: "tumor"}, name="tumor_seg")
+    emptySegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty_seg")
+    emptySegmentation.GetSegmentation().AddEmptySegment("", "tumor")
+    cases = [CaseInput([volume], full, "train"), CaseInput([volume], emptySegmentation, "validation")]
+    errors = [str(i) for i in checkCases(cases, 1) if i.isError]
+    assert errors == ["BraTS_001_flair (row 2): Annotation 'empty_seg' is empty: no voxel of any class (background "
+                      "only). (Choose the annotation of this case, or draw it first)"]
+    emptyLabelmap = addVolume(np.zeros_like(label), "empty_lab", labelmap=True)
+    assert any("Annotation 'empty_lab' is empty" in str(i) for i in
+               checkCases([CaseInput([volume], emptyLabelmap, "train")], 1) if i.isError)
+    with pytest.raises(ExportError, match="empty_seg"):
+        exportCases(cases, ["flair"], tmp_path)
+
+
+def test_cases_are_named_after_the_dicom_patient(mrml):
+    """A volume under a DICOM patient item of the subject hierarchy names its case by the patient; the exported
+    ids stay unique and file-name safe."""
+    from AsymSegLib.Cases import caseIdentifiers, patientName
+
+    image, label = blobCase(8)
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(mrml.scene)
+    patient = shNode.CreateSubjectItem(shNode.GetSceneItemID(), "Doe^John")
+    shNode.SetItemAttribute(patient, "DICOM.PatientName", "Doe^John")
+    study = shNode.CreateStudyItem(patient, "MR brain")
+    volumes = [addVolume(image, f"3: FLAIR {i}") for i in range(2)]
+    for volume in volumes:
+        if not shNode.GetItemByDataNode(volume):
+            shNode.CreateItem(study, volume)
+        else:
+            shNode.SetItemParent(shNode.GetItemByDataNode(volume), study)
+    plain = addVolume(image, "case/3 t1")
+    assert patientName(volumes[0]) == "Doe John" and patientName(plain) == ""
+    cases = [CaseInput([v], addVolume(label, "lab", labelmap=True)) for v in volumes] + [CaseInput([plain], None)]
+    assert [c.displayName(i) for i, c in enumerate(cases)] == ["Doe John", "Doe John", "case/3 t1"]
+    assert [str(i) for i in checkCases(cases, 1) if i.isError] == [
+        "case/3 t1 (row 3): No annotation chosen. (Choose a labelmap volume or a segmentation with the ground truth)"]
+    ids = caseIdentifiers(cases)
+    assert ids == ["000_Doe_John", "001_Doe_John", "002_case_3_t1"] and len(set(ids)) == 3

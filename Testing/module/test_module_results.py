@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import slicer
 
-from asymseg_module_testing import addVolume, blobCase, ijkToRas
+from asymseg_module_testing import addSegmentation, addVolume, blobCase, ijkToRas, writeProbabilityArray
 
 from AsymSegLib.Logic import AsymSegCoreLogic, PreparedInference
 from AsymSegLib.LogitPlots import (LogitStatistics, buildMarginCharts, logitShift, marginSentence, preferredChart,
@@ -71,9 +71,9 @@ def test_metrics_table(mrml, tmp_path):
     table = importMetrics(path, ["background", "tumor", "edema"], name="case metrics")
     assert table.IsA("vtkMRMLTableNode")
     assert table.GetNumberOfRows() == 3
-    assert slicer.util.arrayFromTableColumn(table, "Dice (%)")[0] == pytest.approx(80.0)
+    assert slicer.util.arrayFromTableColumn(table, "DSC (%)")[0] == pytest.approx(80.0)
     assert slicer.util.arrayFromTableColumn(table, "HD95 (mm)")[0] == pytest.approx(2.5)
-    assert np.isnan(slicer.util.arrayFromTableColumn(table, "Dice (%)")[1])
+    assert np.isnan(slicer.util.arrayFromTableColumn(table, "DSC (%)")[1])
     assert np.isnan(slicer.util.arrayFromTableColumn(table, "Lesions found")).all()
     variants = [table.GetCellText(r, 0) for r in range(3)]
     classes = [table.GetCellText(r, 1) for r in range(3)]
@@ -98,13 +98,13 @@ def test_metrics_table_shows_lesions_found_missed_and_false_positive(mrml, tmp_p
     path.write_text(json.dumps(data))
     table = importMetrics(path, ["background", "lesion"])
     columns = [table.GetTable().GetColumnName(i) for i in range(table.GetNumberOfColumns())]
-    assert columns == ["Post-processing", "Class", "Dice (%)", "Sensitivity (%)", "Precision (%)", "Specificity (%)",
+    assert columns == ["Post-processing", "Class", "DSC (%)", "Sensitivity (%)", "Precision (%)", "Specificity (%)",
                        "HD95 (mm)", "Lesions in reference", "Lesions found", "Lesions missed",
                        "False-positive lesions", "Lesions found (%)", "Reference voxels", "Predicted voxels"]
     column = lambda name: slicer.util.arrayFromTableColumn(table, name).tolist()  # noqa: E731
     assert column("Lesions found") == [4, 4, 1] and column("Lesions missed") == [1, 1, 4]
     assert column("False-positive lesions") == [3, 1, 0] and column("Lesions found (%)") == pytest.approx([80, 80, 20])
-    assert column("Dice (%)") == pytest.approx([60, 70, 50]) and column("HD95 (mm)") == [3.25] * 3
+    assert column("DSC (%)") == pytest.approx([60, 70, 50]) and column("HD95 (mm)") == [3.25] * 3
     assert column("Specificity (%)") == pytest.approx([99.9] * 3) and column("Reference voxels") == [40] * 3
     assert [table.GetCellText(r, 0) for r in range(3)] == [
         "None: the network's output as it is",
@@ -179,8 +179,14 @@ def test_margin_charts_have_at_most_four_curves_per_class(mrml):
     tumour = charts.charts["tumor"]
     assert tumour.GetTitle() == "'tumor' margin: 3.0% missed on train vs 40% missed on this case"
     assert tumour.GetAttribute("AsymSeg.Summary") == charts.sentences["tumor"]
-    assert [s.GetName() for s in charts.series["tumor"]] == ["train: 3.0% missed", "this case: 40% missed",
-                                                             "decision boundary"]
+    assert [s.GetName() for s in charts.series["tumor"]] == [
+        "tumor margin, training cases: 3.0% missed", "tumor margin, this case: 40% missed",
+        "tumor decision boundary (margin 0)"]
+    assert tumour.GetName() == "case7: tumor margin, training cases vs this case"
+    assert charts.tables["tumor"].GetName() == "case7: tumor margin densities"
+    assert charts.summary.GetName() == "case7: margin summary"
+    assert charts.series["tumor"][2].GetTableNode().GetName() == "case7: decision boundaries"
+    assert len(charts.nodes()) == 2 + 2 + 6 + 1 + 1  # charts, their tables, 3 series each, boundary table, summary
     assert charts.series["tumor"][0].GetColor() == (1.0, 0.0, 0.0)
     table = charts.tables["tumor"]
     margin, density = (slicer.util.arrayFromTableColumn(table, c) for c in ("margin", "this case"))
@@ -240,3 +246,99 @@ def test_a_file_without_margins_still_reads_and_says_so(mrml, tmp_path):
     results = AsymSegCoreLogic().importTrainingResults(task)
     assert results.charts is None and results.messages == [
         f"Margins not available for {out / 'logit_statistics_train.json'}; train the model again to chart them."]
+
+
+def _folderOf(node) -> int:
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    return shNode.GetItemParent(shNode.GetItemByDataNode(node))
+
+
+def test_an_inference_import_goes_into_one_folder_and_shows_the_prediction_alone(mrml, tmp_path):
+    """Every node an import makes (segmentation, metrics table, overlay, charts, their tables and series, the
+    offsets table) is in ONE subject-hierarchy folder named after the run; plain names; the other visible
+    segmentations are hidden while the prediction is shown, and get their visibility back when it is hidden,
+    removed or restored."""
+    image, label = blobCase(9)
+    reference = addVolume(image, "BraTS_001_flair")
+    visible = addSegmentation(label, reference, {1: "tumor"}, name="my annotation")
+    hidden = addSegmentation(label, reference, {1: "tumor"}, name="my hidden annotation")
+    hidden.GetDisplayNode().SetVisibility(False)
+    run = tmp_path / "20250101-120000_BraTS_001_flair"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "logit_statistics_train.json").write_text(json.dumps(TRAIN))
+    prediction = writeLabelArray(label, reference, run / "prediction.nrrd")
+    (run / "prediction_logits.json").write_text(json.dumps(CASE))
+    (run / "prediction_metrics.json").write_text(json.dumps(
+        {"raw": {"1": {"dsc": 0.8, "sensitivity": 0.75, "precision": 0.9, "hd95": 2.5}}}))
+    probabilities = np.stack([1.0 - 0.9 * label, 0.9 * label + 0.05], axis=-1)
+    writeProbabilityArray(probabilities / probabilities.sum(axis=-1, keepdims=True), reference,
+                          run / "prediction_probabilities.nii.gz")
+    prepared = PreparedInference(run, run / "model" / "model_best.pt", [], prediction, None, ["background", "tumor"],
+                                 {})
+    state = RunState(kind="infer", status=RunStatus.FINISHED, outputs={"prediction": str(prediction)})
+    task = types.SimpleNamespace(state=state, context={"prepared": prepared, "classes": ["background", "tumor"]})
+    before = {mrml.scene.GetNthNode(i).GetID() for i in range(mrml.scene.GetNumberOfNodes())}
+    logic = AsymSegCoreLogic()
+
+    imported = logic.importInferenceResults(task, reference)
+
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml.scene)
+    assert imported.folder and shNode.GetItemName(imported.folder) == "AsymSeg 20250101-120000_BraTS_001_flair"
+    assert shNode.GetItemParent(imported.folder) == shNode.GetSceneItemID()
+    created = [mrml.scene.GetNthNode(i) for i in range(mrml.scene.GetNumberOfNodes())]
+    created = [n for n in created if n.GetID() not in before]
+    data = [n for n in created if not n.IsA("vtkMRMLDisplayNode") and not n.IsA("vtkMRMLStorageNode")
+            and not n.IsA("vtkMRMLSubjectHierarchyNode")]
+    assert imported.charts is not None and imported.metricsTable is not None and imported.overlays
+    expected = {imported.segmentation, imported.metricsTable, *imported.overlays.values(), *imported.charts.nodes()}
+    assert {n.GetID() for n in data} == {n.GetID() for n in expected}
+    assert all(_folderOf(n) == imported.folder for n in data), [n.GetName() for n in data
+                                                                if _folderOf(n) != imported.folder]
+    names = sorted(n.GetName() for n in data)
+    assert not [n for n in names if "[" in n or n.startswith("z")], names
+    assert "BraTS_001_flair AsymSeg: tumor margin, training cases vs this case" in names
+    assert "tumor margin, training cases: 3.0% missed" in names and "BraTS_001_flair AsymSeg metrics" in names
+    columns = [imported.metricsTable.GetTable().GetColumnName(i)
+               for i in range(imported.metricsTable.GetNumberOfColumns())]
+    assert {"DSC (%)", "Sensitivity (%)", "Precision (%)", "HD95 (mm)"} <= set(columns)
+    assert slicer.util.arrayFromTableColumn(imported.metricsTable, "DSC (%)")[0] == pytest.approx(80.0)
+    # the offsets table goes beside the prediction, in its folder
+    imported.offsets.show({"tumor": 1.0})
+    assert _folderOf(imported.offsets.apply()) == imported.folder
+    # importing the same run again reuses its folder
+    again = logic.importInferenceResults(task, reference, name="again", overlays=False)
+    assert again.folder == imported.folder and _folderOf(again.segmentation) == imported.folder
+
+    # visibility: only the last prediction shows; hiding it, removing it, or Restore gives the others back
+    display = lambda node: node.GetDisplayNode().GetVisibility()  # noqa: E731
+    assert display(again.segmentation) and not display(imported.segmentation)
+    assert not display(visible) and not display(hidden)
+    again.segmentation.GetDisplayNode().SetVisibility(False)
+    assert display(visible) and display(imported.segmentation) and not display(hidden)
+    again.segmentation.GetDisplayNode().SetVisibility(True)
+    assert not display(visible) and not display(imported.segmentation) and not display(hidden)
+    mrml.scene.RemoveNode(again.segmentation)
+    assert display(visible) and display(imported.segmentation) and not display(hidden)
+    third = logic.importInferenceResults(task, reference, name="third", overlays=False)
+    assert display(third.segmentation) and not display(visible) and not display(imported.segmentation)
+    logic.restoreSegmentations()
+    assert display(visible) and display(imported.segmentation) and not display(hidden)
+    assert visible.GetDisplayNode().GetAttribute("AsymSeg.VisibilityBeforePrediction") is None
+
+
+def test_a_training_import_goes_into_the_runs_folder(mrml, tmp_path):
+    run = tmp_path / "20250101-090000_asymmetric_focal"
+    out = run / "out"
+    out.mkdir(parents=True)
+    (out / "logit_statistics_train.json").write_text(json.dumps(TRAIN))
+    (out / "logit_statistics_validation.json").write_text(json.dumps(CASE))
+    task = types.SimpleNamespace(state=RunState(status=RunStatus.FINISHED), outputFolder=out,
+                                 context={"folder": run})
+    results = AsymSegCoreLogic().importTrainingResults(task)
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml.scene)
+    assert shNode.GetItemName(results.folder) == "AsymSeg 20250101-090000_asymmetric_focal"
+    nodes = results.charts.nodes()
+    assert nodes and all(_folderOf(n) == results.folder for n in nodes)
+    assert "tumor margin, validation cases: 40% missed" in [n.GetName() for n in nodes]
+    assert "20250101-090000_asymmetric_focal: tumor margin, training cases vs validation cases" in \
+        [n.GetName() for n in nodes]
