@@ -37,10 +37,10 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from .data import CaseSpec, ClassMap, Normalization, estimated_foreground, load_case
 from .jobspec import NATIVE
+from .metrics import connected_components, dice
 from .bundles import load_initial_model
 from .network import downsampling_factor, network_config
 
@@ -103,20 +103,16 @@ def _case_fingerprint(spec: CaseSpec, class_map: ClassMap) -> dict:
         count = int(region.sum())
         largest = 0
         if count and index > 0:
-            components, n = ndimage.label(region)
-            largest = int(np.bincount(components.ravel())[1:].max()) if n else 0
+            components, _ = connected_components(region)
+            largest = int(np.bincount(components.ravel())[1:].max())
         classes[name] = {"voxels": count, "volume_ml": count * voxel_ml,
                          "largest_component_ml": largest * voxel_ml,
                          "roi_share": float((region & roi).sum() / max(int(roi.sum()), 1))}
     return {"id": spec.id, "spacing": spacing, "shape": list(case.image.shape[1:]),
             "roi": "mask" if case.mask is not None else "estimated", "roi_extent_mm": _extent_mm(roi, spacing),
-            "mask_vs_estimate_dice": _dice(case.mask, estimated) if case.mask is not None else None,
+            "mask_vs_estimate_dice": None if case.mask is None else dice(
+                int((case.mask & estimated).sum()), int(estimated.sum()), int(case.mask.sum())),
             "channels": channels, "classes": classes}
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def _modality(channels: List[dict]) -> str:
