@@ -349,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--train-size", type=int, required=True, help="training cases per fold (K)")
     b.add_argument("--folds", type=int, required=True)
     b.add_argument("--seeds", type=int, default=1)
-    b.add_argument("--methods", required=True, help="comma-separated preset names")
+    b.add_argument("--methods", required=True,
+                   help="comma-separated preset names; PRESET+setting=value[+...] is a variant, e.g. "
+                        "asymmetric-combination+update=sum")
     b.add_argument("--iterations", type=int, required=True)
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--quick", action="store_true", help="a smoke run in a few minutes")

@@ -16,7 +16,7 @@ from typing import Union
 from .errors import InputError
 from .protocol import PRESETS, RECOMMENDED, TECHNIQUE_SETTINGS
 
-__all__ = ["PRESETS", "RECOMMENDED", "Technique", "resolve_technique"]
+__all__ = ["PRESETS", "RECOMMENDED", "Technique", "resolve_technique", "technique_from_name"]
 
 _TYPES = {"bool": bool, "float": float, "choice": str}
 
@@ -65,3 +65,29 @@ def resolve_technique(spec: Union[str, dict, None]) -> Technique:
     if technique.mixup and technique.mixup_alpha <= 0:
         raise InputError("technique.mixup_alpha must be > 0 when mixup is on.", "The paper uses 1 (0.2 symmetric).")
     return technique
+
+
+def technique_from_name(name: str) -> dict:
+    """A preset name with optional ``+setting=value`` overrides -> the technique spec of a job.
+
+    ``asymmetric-combination+update=sum+mixup=false`` is the combination with one summed step and no
+    mixup term: the bench's way to name an ablation in ``--methods`` (values: true, false, a number or
+    a word). Validated like a job's technique (InputError naming the setting).
+    """
+    preset, *overrides = name.split("+")
+    spec = {"preset": preset}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"'{name}': '{item}' is not setting=value.",
+                             "Write a variant as PRESET+setting=value, e.g. asymmetric-combination+update=sum.")
+        spec[key] = {"true": True, "false": False}.get(text.lower(), _number_or_word(text))
+    resolve_technique(spec)
+    return spec
+
+
+def _number_or_word(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text

@@ -24,7 +24,7 @@ from ..events import EventSink
 from ..files import case_inputs, check_writable_folder, refuse_overwriting_inputs
 from ..formatting import duration, mean_percent
 from ..runtime import resolve_device, versions
-from ..techniques import PRESETS
+from ..techniques import resolve_technique, technique_from_name
 from .aggregate import write_results
 from .claims import claim, claimed_by_another, refuse_held_folder, release
 from .executors import run_as_jobs
@@ -131,10 +131,10 @@ def _run_here(runs: Sequence[Run], settings: dict, device: str, out: Path, sink:
 
 def _cost(method: str) -> float:
     """Relative cost of one iteration of ``method`` (vanilla: 1)."""
-    t = PRESETS[method]
-    if t.get("adversarial") and t.get("mixup"):
+    t = resolve_technique(technique_from_name(method))
+    if t.adversarial and t.mixup:
         return COST["both"]
-    return COST["adversarial"] if t.get("adversarial") else COST["mixup"] if t.get("mixup") else 1.0
+    return COST["adversarial"] if t.adversarial else COST["mixup"] if t.mixup else 1.0
 
 
 def _eta(spent: float, done_cost: float, remaining: Sequence[Run]) -> Optional[float]:

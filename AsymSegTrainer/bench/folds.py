@@ -17,7 +17,7 @@ from typing import List, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..techniques import PRESETS
+from ..techniques import PRESETS, technique_from_name
 
 SPLIT_SEED = 0
 
@@ -67,13 +67,19 @@ class Run:
 
 
 def parse_methods(text: str) -> List[str]:
-    """``--methods`` (comma-separated preset names) as a list without repeats; InputError for unknown names."""
+    """``--methods`` (comma-separated preset names, each optionally ``+setting=value``) without repeats.
+
+    InputError for unknown presets or settings.
+    """
     methods = list(dict.fromkeys(m.strip() for m in (text or "").split(",") if m.strip()))
-    unknown = [m for m in methods if m not in PRESETS]
+    unknown = [m for m in methods if m.split("+")[0] not in PRESETS]
     if not methods or unknown:
         raise InputError(f"--methods: {unknown or 'none given'} {'is not a' if len(unknown) == 1 else 'are not'} "
                          f"known preset name{'' if len(unknown) == 1 else 's'}.",
-                         f"Use comma-separated presets from: {', '.join(PRESETS)}.")
+                         f"Use comma-separated presets from: {', '.join(PRESETS)}; a variant adds settings: "
+                         f"asymmetric-combination+update=sum.")
+    for method in methods:
+        technique_from_name(method)
     return methods
 
 

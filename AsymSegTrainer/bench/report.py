@@ -15,7 +15,7 @@ from typing import List, Optional
 from ..evaluation import VARIANT_LABELS
 from ..formatting import LESION_TITLES, duration, mean_percent, mean_std, signed
 from ..metrics import lesion_size_labels, lesion_totals, summarize
-from ..techniques import resolve_technique
+from ..techniques import resolve_technique, technique_from_name
 from .runs import CALIBRATED, CALIBRATED_ROW, pooled_summary
 from .settings import OFFICIAL_DIFFERENCES
 
@@ -293,7 +293,7 @@ against the training cases.
 
 def _update_structure(methods) -> str:
     """How the methods with an extra term update (METHOD.md §4): every report says it."""
-    regularised = [resolve_technique(m) for m in methods]
+    regularised = [resolve_technique(technique_from_name(m)) for m in methods]
     updates = sorted({t.update for t in regularised if t.adversarial or t.mixup})
     if not updates:
         return "one optimiser step per batch (no adversarial or mixup term)"

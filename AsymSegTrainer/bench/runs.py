@@ -28,6 +28,7 @@ from ..events import EventSink
 from ..files import write_json
 from ..logits import LogitStatistics, logit_shift
 from ..metrics import summarize_metrics
+from ..techniques import technique_from_name
 from .folds import Run
 from .settings import BENCH_FORMAT, BENCH_NORMALIZATION, BENCH_VERSION
 
@@ -83,7 +84,7 @@ def run_job(run: Run, settings: dict, device: str):
     split = run.split
     spec = job_from_dataset(
         settings["dataset"], settings["classes"], split["train"], split["validation"], split["test"],
-        technique=run.method, output=str(run.folder / "train"), iterations=settings["iterations"],
+        technique=technique_from_name(run.method), output=str(run.folder / "train"), iterations=settings["iterations"],
         batch_size=settings["batch_size"], patch_size=settings["patch_size"],
         target_spacing=settings["target_spacing"] or NATIVE, network=settings["network"],
         normalization=BENCH_NORMALIZATION,

@@ -214,6 +214,32 @@ def test_extending_methods_runs_only_the_new_ones(quick_bench, phantom_dataset, 
     assert "asymmetric-margin" in results["summary"] and results["complete"]
 
 
+def test_a_variant_method_trains_with_its_overridden_settings(quick_bench, phantom_dataset, capsys):
+    variant = "asymmetric-focal+gamma=4+update=sum"
+    capsys.readouterr()
+    assert main(_argv(phantom_dataset, quick_bench, "--events", methods=METHODS + [variant])) == 0
+    jobs = sorted(quick_bench.glob(f"runs/{variant}/*/train/job.json"))
+    assert len(jobs) == FOLDS
+    technique = json.loads(jobs[0].read_text(encoding="utf-8"))["technique"]
+    assert technique["preset"] == "asymmetric-focal" and technique["gamma"] == 4.0 and technique["update"] == "sum"
+    results = json.loads((quick_bench / "results.json").read_text(encoding="utf-8"))
+    assert variant in results["summary"]
+
+
+@pytest.mark.parametrize("methods,message", [
+    ("asymmetric-combination+update=bogus", "technique.update must be one of"),
+    ("vanilla+gama=2", "unknown setting(s) ['gama']"),
+    ("vanilla+gamma", "'gamma' is not setting=value"),
+    ("focal+gamma=2", "not a known preset"),
+])
+def test_bad_method_variants_are_refused_before_anything_runs(methods, message, phantom_dataset, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(_argv(phantom_dataset, tmp_path / "out", "--events", methods=[methods])) == 3
+    error = [e for e in _events(capsys) if e["type"] == "error"][0]
+    assert message in error["message"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_other_settings_in_the_same_out_are_refused(quick_bench, phantom_dataset, capsys):
     capsys.readouterr()
     assert main(_argv(phantom_dataset, quick_bench, "--events", "--batch-size", "3")) == 3
