@@ -1,10 +1,13 @@
-"""The Classes panel's model: classes found in the annotations, voxel counts, rarity.
+"""The Classes panel's model: the labels found in the annotations, the training classes they map to, rarity.
 
-Qt-free. Labelmap classes are keyed by raw label value (named from a user colour table,
-else ``label_<v>``); segmentation classes by segment name, merged with a labelmap class of
-the same name, else given the next free label value. Label value 0 is always 'background'.
-Counts are over the training cases (all annotated cases when none is a training case).
-The same reading pass checks that each ROI mask has a voxel inside.
+Qt-free. A *source label* is what an annotation holds: a label map value (named from a user colour
+table, else ``label_<v>``) or a segment name (merged with a label map value of the same name, else
+given the next free value). Each source label is trained as a *training class*: by default the class
+of its own name; the user may map several labels to one class (tumour core = necrosis + enhancing
+from one case's segments and label_1 + label_4 from another's label map) or to ``background``. The
+job's class map lists each training class with all its raw values. Counts are over the training
+cases (all annotated cases when none is a training case). The same reading pass checks that each
+ROI mask has a voxel inside.
 """
 
 from __future__ import annotations
@@ -25,53 +28,127 @@ PALETTE = [  # distinct, colour-blind friendly (Okabe-Ito + Tol), used when no c
 
 
 @dataclass
-class ClassInfo:
+class SourceLabel:
+    """One label value or segment name found in the annotations."""
     name: str
     value: int                       # raw label value in the exported label maps
     color: tuple = (0.5, 0.5, 0.5)
     trainVoxels: int = 0
     allVoxels: int = 0
-    rare: bool = True
-    rarity: float = 1.0              # continuous value sent to the engine (METHOD.md §2)
+    cases: set = field(default_factory=set)  # indices of the counted cases with a voxel of it
+
+
+@dataclass
+class TrainingClass:
+    """A class the network learns: one or more source labels (background: value 0 and what maps to it)."""
+    name: str
+    values: list
+    color: tuple
+    sources: list                    # source label names
+    trainVoxels: int
+    allVoxels: int
+    cases: set
+    rarity: float                    # continuous value sent to the engine (METHOD.md §2)
 
     @property
     def isBackground(self) -> bool:
-        return self.value == 0
+        return self.name == BACKGROUND
+
+    @property
+    def rare(self) -> bool:
+        return self.rarity > 0.0
 
 
 @dataclass
 class ClassCatalog:
-    classes: list = field(default_factory=list)  # ClassInfo, background first, then by value
+    sources: list = field(default_factory=list)  # SourceLabel, background (value 0) first, then by value
+    countedCases: list = field(default_factory=list)  # indices of the cases whose voxels are counted
+    trainAs: dict = field(default_factory=dict)  # source name -> training class name (missing: its own)
+    rarity: dict = field(default_factory=dict)   # training class name -> rarity set by the user
+
+    def source(self, name: str) -> Optional[SourceLabel]:
+        return next((s for s in self.sources if s.name.lower() == name.lower()), None)
+
+    def targetOf(self, source: SourceLabel) -> str:
+        """The training class of a source label (case-insensitive names; the first spelling is kept)."""
+        if source.value == 0:
+            return BACKGROUND
+        wanted = (self.trainAs.get(source.name) or source.name).strip()
+        if wanted.lower() == BACKGROUND:
+            return BACKGROUND
+        for other in self.sources:  # an earlier label already trained under this name gives the spelling
+            if other is source:
+                break
+            target = (self.trainAs.get(other.name) or other.name).strip()
+            if target.lower() == wanted.lower() and other.value != 0:
+                return target
+        return wanted
+
+    @property
+    def classes(self) -> list[TrainingClass]:
+        """The training classes: background first, then in the order of their first source label."""
+        grouped: dict = {}
+        for source in self.sources:
+            grouped.setdefault(self.targetOf(source), []).append(source)
+        background = self.sources[0].trainVoxels if self.sources else 0
+        result = []
+        for name, members in grouped.items():
+            voxels = sum(s.trainVoxels for s in members)
+            suggested = 0.0 if name == BACKGROUND or (background and voxels > background) else 1.0
+            result.append(TrainingClass(
+                name, [s.value for s in members], members[0].color, [s.name for s in members], voxels,
+                sum(s.allVoxels for s in members), set().union(*(s.cases for s in members)),
+                0.0 if name == BACKGROUND else self._rarity(name, suggested)))
+        return result
+
+    def _rarity(self, name: str, suggested: float) -> float:
+        """The rarity the user gave the class (names compare case-insensitively, as merging does), else ``suggested``."""
+        return next((v for k, v in self.rarity.items() if k.lower() == name.lower()), suggested)
 
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.classes]
 
-    def byName(self, name: str) -> Optional[ClassInfo]:
-        for c in self.classes:
-            if c.name.lower() == name.lower():
-                return c
-        return None
-
-    def byValue(self, value: int) -> Optional[ClassInfo]:
-        for c in self.classes:
-            if c.value == value:
-                return c
-        return None
+    def byName(self, name: str) -> Optional[TrainingClass]:
+        return next((c for c in self.classes if c.name.lower() == name.lower()), None)
 
     def ratio(self, name: str) -> Optional[float]:
         """background:class voxel ratio over the counted cases; None when the class has no voxels."""
-        background, info = self.classes[0], self.byName(name)
+        classes = self.classes
+        info = next((c for c in classes if c.name.lower() == name.lower()), None)
         if info is None or info.trainVoxels == 0:
             return None
-        return background.trainVoxels / info.trainVoxels
+        return classes[0].trainVoxels / info.trainVoxels
 
     def classesMap(self) -> dict:
-        """The job's ``classes``: name -> [raw values], in training order (index 0 = background)."""
-        return {c.name: [c.value] for c in self.classes}
+        """The job's ``classes``: training class name -> [raw values], in training order (index 0 = background)."""
+        return {c.name: sorted(c.values) for c in self.classes}
 
     def rarityMap(self) -> dict:
-        return {c.name: (0.0 if c.isBackground else float(c.rarity)) for c in self.classes}
+        return {c.name: c.rarity for c in self.classes}
+
+    def colors(self) -> dict:
+        return {c.name: tuple(c.color) for c in self.classes}
+
+    def sourceValues(self) -> dict:
+        """Source label name -> its raw value (what an exported label map holds)."""
+        return {s.name: s.value for s in self.sources}
+
+    def setTrainAs(self, source: str, className: str) -> None:
+        """Train a source label as ``className`` (its own name, another class's to merge, or background)."""
+        label = self.source(source)
+        if label is None or label.value == 0:
+            return
+        className = className.strip() or label.name
+        if className == label.name:
+            self.trainAs.pop(label.name, None)
+        else:
+            self.trainAs[label.name] = className
+
+    def applyTrainAs(self, mapping: dict) -> None:
+        """Restore a saved mapping (source name -> class name) for the source labels that still exist."""
+        for source, className in (mapping or {}).items():
+            self.setTrainAs(source, str(className))
 
     def setRare(self, name: str, rare: bool) -> None:
         self.setRarity(name, 1.0 if rare else 0.0)
@@ -80,32 +157,45 @@ class ClassCatalog:
         info = self.byName(name)
         if info is None or info.isBackground:
             return
-        info.rarity = float(min(max(rarity, 0.0), 1.0))
-        info.rare = info.rarity > 0.0
+        self.rarity = {k: v for k, v in self.rarity.items() if k.lower() != info.name.lower()}
+        self.rarity[info.name] = float(min(max(rarity, 0.0), 1.0))
 
     def applyRarity(self, rarity: dict) -> None:
         """Restore saved rarity values (class name -> value) for the classes that still exist."""
         for name, value in (rarity or {}).items():
             self.setRarity(name, value)
 
-    def suggestRarity(self) -> None:
-        """Default: every class but background is rare (METHOD.md §2), except a class that
-        outnumbers the background (not a rare class by any measure)."""
-        background = self.classes[0]
+    def coverageIssues(self) -> list[Issue]:
+        """A warning per training class that only some counted cases hold: the others teach it is absent."""
+        issues = []
         for info in self.classes[1:]:
-            common = background.trainVoxels > 0 and info.trainVoxels > background.trainVoxels
-            info.rare = not common
-            info.rarity = 0.0 if common else 1.0
-
-    def colors(self) -> list[tuple]:
-        return [c.color for c in self.classes]
+            missing = [i for i in self.countedCases if i not in info.cases]
+            if missing and len(missing) < len(self.countedCases):
+                for index in missing:
+                    issues.append(Issue(
+                        "warning", f"no voxel of class '{info.name}' ({', '.join(info.sources)}), which "
+                                   f"{len(self.countedCases) - len(missing)} other training case(s) annotate: "
+                                   f"training would learn that it is absent here.", index,
+                        "If this case names it differently, train that label as "
+                        f"'{info.name}' in the Classes table (Train as)"))
+        return issues
 
 
 @dataclass
 class ClassAnalysis:
     catalog: ClassCatalog
-    issues: list                       # Issue
+    readIssues: list                   # Issue, found while reading the annotations
     segmentValues: dict                # case index -> {provisional value: raw value} (segmentations)
+    cases: list = field(default_factory=list)  # the CaseInputs read (to name the cases of issues)
+
+    @property
+    def coverageIssues(self) -> list[Issue]:
+        """The warnings of the current mapping to training classes (they change with it), naming the cases."""
+        return nameIssues(self.catalog.coverageIssues(), self.cases)
+
+    @property
+    def issues(self) -> list[Issue]:
+        return self.readIssues + self.coverageIssues
 
 
 def discoverClasses(cases: list[CaseInput]) -> ClassAnalysis:
@@ -128,7 +218,7 @@ def discoverClasses(cases: list[CaseInput]) -> ClassAnalysis:
         except (RuntimeError, ValueError) as error:
             issues.append(Issue("error", str(error), index))
 
-    byValue: dict = {0: ClassInfo(BACKGROUND, 0, (0.0, 0.0, 0.0), rare=False, rarity=0.0)}
+    byValue: dict = {0: SourceLabel(BACKGROUND, 0, (0.0, 0.0, 0.0))}
     # 1. labelmap values
     for index, case, annotation in readable:
         if annotation.segments:
@@ -144,7 +234,7 @@ def discoverClasses(cases: list[CaseInput]) -> ClassAnalysis:
                 name = annotation.names.get(value, f"label_{value}")
                 if any(c.name.lower() == name.lower() for c in byValue.values()):
                     name = f"{name}_{value}"
-                byValue[value] = ClassInfo(name, value, annotation.colors.get(value, _palette(len(byValue))))
+                byValue[value] = SourceLabel(name, value, annotation.colors.get(value, _palette(len(byValue))))
             elif value in annotation.names and byValue[value].name == f"label_{value}":
                 byValue[value].name = annotation.names[value]
     # 2. segment names
@@ -160,12 +250,13 @@ def discoverClasses(cases: list[CaseInput]) -> ClassAnalysis:
             existing = next((c for c in byValue.values() if c.name.lower() == segment.name.lower()), None)
             if existing is None:
                 value = max(byValue) + 1
-                existing = byValue[value] = ClassInfo(segment.name, value, segment.color)
+                existing = byValue[value] = SourceLabel(segment.name, value, segment.color)
             mapping[segment.provisionalValue] = existing.value
         segmentValues[index] = mapping
-    catalog = ClassCatalog([byValue[v] for v in sorted(byValue)])
     # 3. counts
     anyTrain = any(cases[index].role == "train" for index, _, _ in readable)
+    catalog = ClassCatalog([byValue[v] for v in sorted(byValue)],
+                           [index for index, case, _ in readable if case.role == "train" or not anyTrain])
     for index, case, annotation in readable:
         if index in segmentValues:
             counts = _segmentCounts(annotation.array, segmentValues[index])
@@ -176,12 +267,14 @@ def discoverClasses(cases: list[CaseInput]) -> ClassAnalysis:
             counts = {int(v): int(n) for v, n in zip(values, numbers)}
         counted = case.role == "train" or not anyTrain
         for value, number in counts.items():
-            info = catalog.byValue(value)
-            if info is None:
+            source = byValue.get(value)
+            if source is None:
                 continue
-            info.allVoxels += number
+            source.allVoxels += number
             if counted:
-                info.trainVoxels += number
+                source.trainVoxels += number
+                if number:
+                    source.cases.add(index)
         if sum(n for v, n in counts.items() if v != 0) == 0:  # as checkCases says (segments named background)
             issues.append(emptyAnnotationIssue(index, case))
         if index in segmentValues:
@@ -189,8 +282,7 @@ def discoverClasses(cases: list[CaseInput]) -> ClassAnalysis:
                 if not np.any(annotation.array == segment.provisionalValue):
                     issues.append(Issue("warning", f"Segment '{segment.name}' is empty or hidden by overlapping "
                                                    f"segments in '{case.annotation.GetName()}'.", index))
-    catalog.suggestRarity()
-    return ClassAnalysis(catalog, nameIssues(issues, cases), segmentValues)
+    return ClassAnalysis(catalog, nameIssues(issues, cases), segmentValues, list(cases))
 
 
 def _maskIssues(index: int, case: CaseInput) -> list[Issue]:

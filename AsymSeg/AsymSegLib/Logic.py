@@ -320,7 +320,8 @@ class AsymSegCoreLogic:
                 raise ValueError("The model's classes are unknown (no job.json beside it): the segments of the "
                                  "ground truth cannot be matched to them. Use a labelmap with the training values.")
             labelPath = folder / "labels" / "ground_truth.nrrd"
-            exportAnnotation(groundTruth, volumes[0], labelPath, info.classes)
+            exportAnnotation(groundTruth, volumes[0], labelPath,
+                             {name: values[0] for name, values in info.classes.items()})
         return PreparedInference(folder, modelPath, images, folder / "prediction.nrrd", labelPath, names, colors,
                                  device or "auto", info.rarity)
 

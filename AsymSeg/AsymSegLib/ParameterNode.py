@@ -53,6 +53,7 @@ _FIELDS = {
     "timeBudgetMinutes": (float, float(jobDefault("time_budget_minutes"))),
     "earlyStopping": (bool, bool(jobDefault("early_stopping"))),
     "rarityJson": (str, "{}"),   # class name -> rarity, as JSON (restored onto the Classes panel)
+    "trainAsJson": (str, "{}"),  # source label -> training class it is merged into, as JSON (Classes panel)
     "lastModel": (str, ""),      # model of the last finished training in this scene
 }
 
@@ -60,7 +61,7 @@ AsymSegParameters = type("AsymSegParameters", (), {
     "__annotations__": {name: kind for name, (kind, _) in _FIELDS.items()},
     **{name: default for name, (_, default) in _FIELDS.items()},
     "__module__": __name__,
-    "__doc__": "Fields and defaults of the parameter node (the Technique panel and the class rarity).",
+    "__doc__": "Fields and defaults of the parameter node (the Technique panel, class mapping and rarity).",
 })
 
 

@@ -82,9 +82,10 @@ def writeLabelArray(array: np.ndarray, referenceVolume, path: Path) -> Path:
     return writeVolume(node, path)
 
 
-def segmentValueMapping(segments: list, classes: dict) -> tuple[dict, list]:
-    """Provisional segment values -> raw label values by segment name; unknown names -> 0."""
-    byName = {name.lower(): values[0] for name, values in classes.items()}
+def segmentValueMapping(segments: list, sourceValues: dict) -> tuple[dict, list]:
+    """Provisional segment values -> raw label values by segment name (``sourceValues``: the catalog's source
+    labels); unknown names -> 0."""
+    byName = {name.lower(): value for name, value in sourceValues.items()}
     mapping, unknown = {}, []
     for segment in segments:
         key = segment.name.strip().lower()
@@ -98,8 +99,8 @@ def segmentValueMapping(segments: list, classes: dict) -> tuple[dict, list]:
     return mapping, unknown
 
 
-def exportAnnotation(annotation, referenceVolume, path: Path, classes: dict) -> list[str]:
-    """Write an annotation as a label map on ``referenceVolume``'s grid with the classes' raw values.
+def exportAnnotation(annotation, referenceVolume, path: Path, sourceValues: dict) -> list[str]:
+    """Write an annotation as a label map on ``referenceVolume``'s grid with the source labels' raw values.
 
     Returns the names of segments that match no class (written as background).
     """
@@ -111,7 +112,7 @@ def exportAnnotation(annotation, referenceVolume, path: Path, classes: dict) -> 
     if not isSegmentation(annotation):
         raise ValueError(f"'{annotation.GetName()}' is neither a labelmap volume nor a segmentation.")
     read = readAnnotation(annotation, referenceVolume)
-    mapping, unknown = segmentValueMapping(read.segments, classes)
+    mapping, unknown = segmentValueMapping(read.segments, sourceValues)
     array = remapSegmentArray(read.array, mapping) if mapping else np.zeros_like(read.array, np.uint8)
     writeLabelArray(array, referenceVolume, path)
     return unknown
@@ -142,7 +143,7 @@ def exportCases(cases: list[CaseInput], channelNames: list[str], folder, analysi
     if rarity:
         catalog.applyRarity(rarity)
     result = ExportResult(folder, list(channelNames), classes=catalog.classesMap(), rarity=catalog.rarityMap(),
-                          colors={c.name: tuple(c.color) for c in catalog.classes},
+                          colors=catalog.colors(),
                           issues=[i for i in issues if not i.isError])
     for case, caseId in zip(cases, caseIdentifiers(cases)):
         images = []
@@ -155,7 +156,7 @@ def exportCases(cases: list[CaseInput], channelNames: list[str], folder, analysi
         label = None
         if case.annotation is not None and case.reference is not None:
             relative = Path("labels") / f"{caseId}{IMAGE_EXTENSION}"
-            unknown = exportAnnotation(case.annotation, case.reference, folder / relative, result.classes)
+            unknown = exportAnnotation(case.annotation, case.reference, folder / relative, catalog.sourceValues())
             if unknown:
                 result.issues.append(Issue("warning", f"Segments {unknown} match no class; exported as background."))
             label = relative.as_posix()

@@ -402,7 +402,7 @@ def ctkModule() -> types.ModuleType:
 def qtModule() -> types.ModuleType:
     module = types.ModuleType("qt")
     for name in ("QTimer", "QSettings", "QComboBox", "QCheckBox", "QDoubleSpinBox", "QLabel", "QTableWidgetItem",
-                 "QFormLayout", "QHBoxLayout", "QWidget"):
+                 "QLineEdit", "QFormLayout", "QHBoxLayout", "QWidget"):
         setattr(module, name, globals()[name])
     module.Qt = Qt
     return module
