@@ -7,7 +7,7 @@
   authors, copyright, ``network_data_format`` with the input channels and output classes),
   plus ``asymseg``: where the bundle came from and the model's normalisation, read back when
   the bundle is fine-tuned;
-- ``configs/inference.json``: ``network_def`` (the MONAI ``UNet`` / ``DynUNet`` the engine
+- ``configs/inference.json``: ``network_def`` (the MONAI ``UNet`` / ``DynUNet`` / ``SegResNet`` the engine
   builds, :func:`network.network_arguments`), the pre-processing the model needs (channel
   order, target spacing, z-score over the foreground or the CT window, and a transpose to the
   engine's (z, y, x) array order), a sliding-window inferer with the model's patch, and the
@@ -19,7 +19,7 @@
 The folder is written beside DIR and renamed onto it once complete; a non-empty DIR is refused.
 
 ``train --initial-checkpoint DIR`` takes such a bundle, or any bundle whose ``network_def`` is a
-MONAI UNet or DynUNet the engine builds with the same arguments (:func:`load_initial_model`).
+MONAI UNet, DynUNet or SegResNet the engine builds with the same arguments (:func:`load_initial_model`).
 A bundle's ``inference.json`` is read as plain JSON, never through ``ConfigParser``: its ``$``
 expressions are Python code, and the engine runs none of a bundle's code. Weights are read with
 ``weights_only=True``.
@@ -43,6 +43,7 @@ from .errors import InputError, ResourceError, as_user_error
 from .events import EventSink
 from .files import atomic_output, write_json, write_text
 from .network import MONAI_CLASSES, load_model_file, network_arguments, network_config
+from .protocol import CHOICES
 from .runtime import versions
 
 BUNDLE_FORMAT = "monai-bundle"
@@ -290,18 +291,19 @@ def _comparable(value):
 def bundle_network(network_def: dict, source: Path) -> Tuple[dict, int, int, int]:
     """``(network config, spatial_dims, in_channels, out_channels)`` of a bundle's ``network_def``.
 
-    InputError naming ``source`` unless it is a MONAI UNet or DynUNet whose every constructor
-    argument (given, or MONAI's default) is what the engine gives it for that network config.
+    InputError naming ``source`` unless it is a MONAI class of :data:`network.MONAI_CLASSES` whose every
+    constructor argument (given, or MONAI's default) is what the engine gives it for that network config.
     """
     from monai.networks import nets
 
-    hint = ("The engine builds MONAI UNet and DynUNet as AsymSeg configures them; fine-tune this bundle with MONAI's "
-            "own scripts, or start from a model AsymSeg trained or exported.")
+    classes = ", ".join(MONAI_CLASSES.values())
+    hint = (f"The engine builds MONAI {classes} as AsymSeg configures them; fine-tune this bundle with MONAI's own "
+            "scripts, or start from a model AsymSeg trained or exported.")
     target = str(network_def.get("_target_", "")).rsplit(".", 1)[-1]
     name = next((n for n, cls in MONAI_CLASSES.items() if cls == target), None)
     if name is None:
         raise InputError(f"{source}: network_def is {network_def.get('_target_')!r}; the engine builds MONAI "
-                         f"{' and '.join(MONAI_CLASSES.values())} only.", hint)
+                         f"{classes} only.", hint)
     given = {k: v for k, v in network_def.items() if not k.startswith("_")}
     coded = sorted(k for k, v in given.items() if isinstance(v, str) and v[:1] in "$@%")
     if coded:
@@ -316,9 +318,7 @@ def bundle_network(network_def: dict, source: Path) -> Tuple[dict, int, int, int
 
     try:
         dims, in_channels, out_channels = (int(given[k]) for k in ("spatial_dims", "in_channels", "out_channels"))
-        config = network_config({"name": name, "strides": value("strides"),
-                                 **({"channels": value("channels"), "num_res_units": value("num_res_units")}
-                                    if name == "unet" else {"filters": value("filters")})})
+        config = network_config({"name": name, **{key: value(key) for key in CHOICES["network"][name]}})
         engine = network_arguments(config, in_channels, out_channels, dims)
     except InputError as exc:
         raise InputError(f"{source}: {exc.message}", hint) from exc

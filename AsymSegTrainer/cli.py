@@ -216,7 +216,7 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early-stopping", action="store_true",
                    help="stop once the smoothed validation DSC has stopped improving (needs --val-cases)")
     p.add_argument("--initial-checkpoint", metavar="MODEL_OR_BUNDLE",
-                   help="fine-tune from this AsymSeg model file or MONAI bundle folder (a MONAI UNet or DynUNet, e.g. "
+                   help="fine-tune from this AsymSeg model file or MONAI bundle folder (a MONAI UNet, DynUNet or SegResNet, e.g. "
                         "one export wrote); leave the network out to keep its own; other classes re-initialise the "
                         "output layer")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")

@@ -1,4 +1,4 @@
-"""Networks (MONAI ``UNet`` / ``DynUNet``) and model files that carry everything inference needs.
+"""Networks (MONAI ``UNet`` / ``DynUNet`` / ``SegResNet``) and model files that carry everything inference needs.
 
 A model file is a ``torch.save`` dictionary of tensors and plain values, loaded with
 ``weights_only=True`` (never unpickling arbitrary objects): ``format``, ``version``,
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -23,6 +24,43 @@ from .protocol import CHOICES
 MODEL_FORMAT = "asymseg-model"
 MODEL_VERSION = 1
 DEFAULT_NETWORK = "unet"  # a job's network without a name
+MONAI_CLASSES = {"unet": "UNet", "dynunet": "DynUNet", "segresnet": "SegResNet"}
+"""The class in ``monai.networks.nets`` of each ``network.name``."""
+SEGRESNET_GROUPS = 8  # MONAI SegResNet's default normalisation: GroupNorm with 8 groups
+SEGRESNET_EXAMPLE = "E.g. blocks_down [1, 2, 2, 4] with blocks_up [1, 1, 1] (the patch halved three times)."
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _block_counts(config: dict, key: str) -> list:
+    """``config[key]``, SegResNet's residual blocks per level, as a list of positive integers."""
+    value = config[key]
+    if not isinstance(value, (list, tuple)) or not all(_is_int(b) and b >= 1 for b in value):
+        raise InputError(f"network.{key} must be a list of positive integers (residual blocks per level); got "
+                         f"{value!r}.", SEGRESNET_EXAMPLE)
+    return list(value)
+
+
+def _check_segresnet(config: dict) -> dict:
+    """``config`` with its block lists as lists, once MONAI SegResNet can be built from it: filters that its group
+    normalisation divides, and one up level fewer than down levels (each down level after the first halves the
+    patch; each up level doubles it back)."""
+    filters = config["init_filters"]
+    if not _is_int(filters) or filters < SEGRESNET_GROUPS or filters % SEGRESNET_GROUPS:
+        raise InputError(f"network.init_filters must be a positive multiple of {SEGRESNET_GROUPS} (SegResNet "
+                         f"normalises its features in {SEGRESNET_GROUPS} groups); got {filters!r}.",
+                         "E.g. 8, 16 or 32.")
+    down = _block_counts(config, "blocks_down")
+    if not down:
+        raise InputError("network.blocks_down is empty; SegResNet needs at least one level.", SEGRESNET_EXAMPLE)
+    up = _block_counts(config, "blocks_up")
+    if len(up) != len(down) - 1:
+        raise InputError(f"network.blocks_up has {len(up)} entries and network.blocks_down {len(down)}; SegResNet "
+                         "needs one blocks_up entry fewer than blocks_down (one up level per down level after the "
+                         "first).", SEGRESNET_EXAMPLE)
+    return {**config, "blocks_down": down, "blocks_up": up}
 
 
 def network_config(config: Optional[dict]) -> dict:
@@ -31,7 +69,7 @@ def network_config(config: Optional[dict]) -> dict:
     name = config.setdefault("name", DEFAULT_NETWORK)
     if name not in CHOICES["network"]:
         raise InputError(f"network.name '{name}' is not supported.",
-                         "Use 'unet' (MONAI UNet) or 'dynunet' (MONAI DynUNet).")
+                         f"Use {', '.join(f'{n!r} (MONAI {c})' for n, c in MONAI_CLASSES.items())}.")
     defaults = copy.deepcopy(CHOICES["network"][name])
     unknown = sorted(set(config) - set(defaults) - {"name"})
     if unknown:
@@ -43,19 +81,18 @@ def network_config(config: Optional[dict]) -> dict:
             raise InputError(f"network.channels has {len(merged['channels'])} entries and network.strides "
                              f"{len(merged['strides'])}; UNet needs one more channel entry than strides.",
                              "E.g. channels [16, 32, 64, 128] with strides [2, 2, 2].")
+    elif name == "segresnet":
+        merged = _check_segresnet(merged)
     return merged
 
 
 def downsampling_factor(config: dict) -> int:
-    """Patch sizes must be divisible by this (product of the strides)."""
-    factor = 1
-    for s in network_config(config)["strides"]:
-        factor *= int(s)
-    return factor
-
-
-MONAI_CLASSES = {"unet": "UNet", "dynunet": "DynUNet"}
-"""The class in ``monai.networks.nets`` of each ``network.name``."""
+    """Patch sizes must be divisible by this: the product of the strides (UNet, DynUNet); SegResNet halves the
+    patch once per down level after the first."""
+    config = network_config(config)
+    if config["name"] == "segresnet":
+        return 2 ** (len(config["blocks_down"]) - 1)
+    return math.prod(int(s) for s in config["strides"])
 
 
 def network_arguments(config: Optional[dict], in_channels: int, num_classes: int, spatial_dims: int = 3) -> dict:
@@ -66,6 +103,9 @@ def network_arguments(config: Optional[dict], in_channels: int, num_classes: int
     if config["name"] == "unet":
         return {**common, "channels": config["channels"], "strides": config["strides"],
                 "num_res_units": config["num_res_units"]}
+    if config["name"] == "segresnet":
+        return {**common, "init_filters": config["init_filters"], "blocks_down": config["blocks_down"],
+                "blocks_up": config["blocks_up"]}
     strides = config["strides"]
     return {**common, "kernel_size": [3] * len(strides), "strides": strides, "upsample_kernel_size": strides[1:],
             "filters": config["filters"], "res_block": True}

@@ -71,11 +71,14 @@ class TrainingSettings:
     extra: dict = field(default_factory=dict)       # further job keys, passed through
 
     def downsamplingFactor(self) -> int:
-        """Product of the network's strides; without a network, the engine's default one (which it
-        checks a set patch size against)."""
+        """What a set patch size must be a multiple of (the engine checks it): the product of the strides (UNet,
+        DynUNet), or 2 per down level after the first (SegResNet); without a network, the engine's default one."""
         choices = protocol()["job"]["choices"]["network"]
         network = self.network or {}
-        strides = network.get("strides", choices[network.get("name", next(iter(choices)))]["strides"])
+        defaults = choices.get(network.get("name", next(iter(choices))), {})
+        if "blocks_down" in defaults:
+            return 2 ** max(len(network.get("blocks_down", defaults["blocks_down"])) - 1, 0)
+        strides = network.get("strides", defaults.get("strides", []))
         factor = 1
         for stride in strides:
             factor *= int(stride if isinstance(stride, int) else max(stride))

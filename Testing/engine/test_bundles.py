@@ -23,6 +23,8 @@ from AsymSegTrainer.training import Trainer
 from conftest import TINY_NETWORK, UNPLANNED
 
 TINY_DYNUNET = {"name": "dynunet", "filters": [4, 8, 8], "strides": [1, 2, 2]}
+TINY_SEGRESNET = {"name": "segresnet", "init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1]}
+NETWORKS = {"unet": TINY_NETWORK, "dynunet": TINY_DYNUNET, "segresnet": TINY_SEGRESNET}
 
 
 def model_file(path, network=TINY_NETWORK, normalization=None, seed=0):
@@ -54,11 +56,13 @@ def monai_network(bundle: Path):
 
 # ------------------------------------------------------------------ export
 
-@pytest.mark.parametrize("network", [TINY_NETWORK, TINY_DYNUNET], ids=["unet", "dynunet"])
-def test_monai_builds_the_exported_network_with_the_same_output(tmp_path, network):
+@pytest.mark.parametrize("name, monai_class", [("unet", "UNet"), ("dynunet", "DynUNet"), ("segresnet", "SegResNet")])
+def test_monai_builds_the_exported_network_with_the_same_output(tmp_path, name, monai_class):
+    network = NETWORKS[name]
     model = model_file(tmp_path / "model.pt", network)
     outputs = export_bundle(model, tmp_path / "bundle", quiet())
-    _, bundled = monai_network(tmp_path / "bundle")
+    _, bundled = monai_network(tmp_path / "bundle")  # a strict load_state_dict
+    assert type(bundled).__module__.startswith("monai.networks.nets") and type(bundled).__name__ == monai_class
     engine = load_predictor(model, "cpu").model
     x = torch.randn(1, 2, 16, 16, 16)
     with torch.no_grad():
@@ -193,14 +197,24 @@ def test_finetuning_from_an_exported_bundle_loads_its_weights(phantom_dataset, t
         torch.testing.assert_close(tuned[name], value, rtol=0, atol=1.01e-3, msg=name)
 
 
-def test_finetuning_a_bundle_to_other_classes_reinitialises_the_output_layer(phantom_dataset, tmp_path):
+@pytest.mark.parametrize("name, output_layer", [
+    ("unet", ["model.2.0.conv.weight", "model.2.0.conv.bias", "model.2.1.conv.unit0.conv.weight",
+              "model.2.1.conv.unit0.conv.bias"]),  # the last up-sampling convolution and its residual unit
+    ("segresnet", ["conv_final.2.conv.weight", "conv_final.2.conv.bias"]),
+])
+def test_finetuning_a_bundle_to_other_classes_reinitialises_the_output_layer(phantom_dataset, tmp_path, name,
+                                                                             output_layer):
     bundle = tmp_path / "bundle"
-    export_bundle(model_file(tmp_path / "model.pt"), bundle, quiet())
-    _, events = run(finetune_job(phantom_dataset, tmp_path / "run", bundle, classes=("lesion=1", "ghost=7")))
+    export_bundle(model_file(tmp_path / "model.pt", NETWORKS[name]), bundle, quiet())
+    result, events = run(finetune_job(phantom_dataset, tmp_path / "run", bundle, classes=("lesion=1", "ghost=7")))
     (warning,) = [e["message"] for e in events if e["type"] == "warning"]
-    two, three = build_network(TINY_NETWORK, 2, 2).state_dict(), build_network(TINY_NETWORK, 2, 3).state_dict()
-    output_layer = [name for name in two if two[name].shape != three[name].shape]
     assert "2 classes and this job 3" in warning and f"re-initialised ({', '.join(output_layer)})" in warning
+    state, meta = load_model_file(result.model)
+    assert meta["network"] == network_config(NETWORKS[name]) and meta["class_names"][-1] == "ghost"
+    start, tuned = torch.load(bundle / "models" / "model.pt", weights_only=True), state["state_dict"]
+    assert set(tuned) == set(start) and [k for k in start if tuned[k].shape != start[k].shape] == output_layer
+    for key in set(start) - set(output_layer):  # kept, then one Adam step at lr 1e-3
+        torch.testing.assert_close(tuned[key], start[key], rtol=0, atol=1.01e-3, msg=key)
 
 
 def test_a_bundle_without_configs_names_the_missing_file(phantom_dataset, tmp_path):
@@ -216,17 +230,44 @@ UNET_DEF = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_chann
             "channels": [4, 8], "strides": [2], "num_res_units": 1}
 
 
+SEGRESNET_DEF = {"_target_": "monai.networks.nets.SegResNet", "spatial_dims": 3, "in_channels": 2, "out_channels": 2,
+                 "init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1]}
+
+
 def test_a_bundle_unet_spelling_out_monais_defaults_is_the_engines():
     network_def = {**UNET_DEF, "_target_": "UNet", "norm": "INSTANCE", "kernel_size": 3, "dropout": 0}
     assert bundle_network(network_def, Path("inference.json")) == (network_config(TINY_NETWORK), 3, 2, 2)
 
 
+def test_a_bundle_segresnet_spelling_out_monais_defaults_or_leaving_them_out_is_the_engines():
+    spelt = {**SEGRESNET_DEF, "norm": ["GROUP", {"num_groups": 8}], "act": ["relu", {"inplace": True}],
+             "upsample_mode": "nontrainable", "use_conv_final": True, "dropout_prob": None}
+    assert bundle_network(spelt, Path("inference.json")) == (TINY_SEGRESNET, 3, 2, 2)
+    bare = {k: v for k, v in SEGRESNET_DEF.items() if k not in ("blocks_down", "blocks_up")}  # MONAI's (1, 2, 2, 4)
+    expected = {"name": "segresnet", "init_filters": 8, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1]}
+    assert bundle_network(bare, Path("inference.json")) == (expected, 3, 2, 2)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"norm": "batch"}, "norm is 'batch' where AsymSeg's is 'INSTANCE'"),
-    ({"_target_": "monai.networks.nets.SegResNet"}, "builds MONAI UNet and DynUNet only"),
+    ({"_target_": "monai.networks.nets.VNet"}, "builds MONAI UNet, DynUNet, SegResNet only"),
     ({"in_channels": "@channels"}, "sets in_channels by a reference or an expression"),
     ({"flavour": 1}, "flavour is not an argument of MONAI UNet"),
 ])
 def test_a_network_the_engine_cannot_build_is_named(change, message):
     with pytest.raises(InputError, match=f"inference.json: .*{message}"):
         bundle_network({**UNET_DEF, **change}, Path("inference.json"))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"dropout_prob": 0.2}, "dropout_prob is 0.2 where AsymSeg's is None"),
+    ({"use_conv_final": False}, "use_conv_final is False where AsymSeg's is True"),
+    ({"init_filters": "$8 * 2"}, "sets init_filters by a reference or an expression"),
+    ({"blocks_up": "@blocks"}, "sets blocks_up by a reference or an expression"),
+    ({"init_filters": 12}, "network.init_filters must be a positive multiple of 8"),
+    ({"blocks_up": [1, 1]}, "network.blocks_up has 2 entries and network.blocks_down 2"),
+    ({"channels": [4, 8]}, "channels is not an argument of MONAI SegResNet"),
+])
+def test_a_segresnet_the_engine_cannot_build_is_named(change, message):
+    with pytest.raises(InputError, match=f"inference.json: .*{message}"):
+        bundle_network({**SEGRESNET_DEF, **change}, Path("inference.json"))

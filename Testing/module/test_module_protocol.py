@@ -102,3 +102,16 @@ def test_extension_ships_every_engine_file():
             if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
     assert data and resources == data, f"not shipped: {sorted(data - resources)}; listed but absent: " \
                                        f"{sorted(resources - data)}"
+
+
+@pytest.mark.parametrize("network,factor", [
+    (None, 8),                                                      # the engine's default UNet: strides 2, 2, 2
+    ({"name": "dynunet"}, 8),                                       # strides 1, 2, 2, 2
+    ({"name": "unet", "strides": [2, [1, 2, 2]]}, 4),               # an anisotropic stride counts by its largest
+    ({"name": "segresnet"}, 8),                                     # blocks_down [1, 2, 2, 4]: three halvings
+    ({"name": "segresnet", "blocks_down": [1, 2]}, 2),
+])
+def test_the_panel_checks_a_patch_against_the_networks_downsampling(network, factor):
+    settings = TrainingSettings(network=network, patchSize=(factor * 3, factor * 3, factor * 3 + 1))
+    assert settings.downsamplingFactor() == factor
+    assert any(f"[{factor * 3 + 1}] are not multiples of {factor}" in p for p in settings.problems())
