@@ -65,7 +65,14 @@ class AsymSeg(ScriptedLoadableModule):
             "moves its boundary and updates the segmentation at once; Apply offsets keeps it. Each run's nodes "
             "(segmentation, metrics table in % and mm, overlays, charts) are in one folder 'AsymSeg &lt;run&gt;' of "
             "the Data module; while a prediction is shown the other segmentations are hidden, and hiding or "
-            "deleting it shows them again.<br><br>"
+            "deleting it shows them again. Correct and retrain: correct the prediction in Segment Editor, then "
+            "'Use as training case' adds it to the training data (its volumes, the corrected segmentation, role "
+            "train) and 'Fine-tune from this model' trains from the model that made it with a third of the time "
+            "budget.<br>"
+            "<b>6. Next case to annotate</b>: list unlabelled cases (a volume per channel of the Results model); "
+            "Rank scores each by how much the model hesitates about the rare classes (the share of their candidate "
+            "volume within 2 logits of the decision boundary) and lists the case to annotate first; double-click a "
+            "case to show it and choose it for Apply model.<br><br>"
             f"Method: {PAPER}."
         )
         self.parent.acknowledgementText = (

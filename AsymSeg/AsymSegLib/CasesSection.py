@@ -4,6 +4,7 @@ Each row holds one volume per channel, an annotation (labelmap or segmentation),
 ROI mask (a labelmap, or a segmentation with the segment to use) and a role.
 The table is kept in the parameter node through the injected ``CaseStoreProtocol``, so a
 saved scene restores it; ``changed`` is emitted after every edit (already saved and checked).
+``addCase`` appends a case made elsewhere (a corrected prediction, ``RetrainSection``).
 """
 
 from __future__ import annotations
@@ -161,6 +162,22 @@ class CasesSection:
             else "train"
         self._appendRow(CaseInput([], None, role))
         self.onCasesChanged()
+
+    def addCase(self, case: CaseInput, channelNames: list[str]) -> int:
+        """Append ``case`` as a row and return its index; an empty table takes ``channelNames`` (the case's own,
+        e.g. a model's) first. ValueError when the case has another number of channels than the table."""
+        if not self.rows and channelNames and channelNames != self.channelNames():
+            self.ui.channelNamesLineEdit.text = ", ".join(channelNames)
+            self.rebuild([])
+            self.channelsChanged.emit()
+        channels = self.channelNames()
+        if len(case.images) != len(channels):
+            raise ValueError(f"The case has {len(case.images)} volume(s) but the training cases have "
+                             f"{len(channels)} channel(s) ({', '.join(channels)}): a training table holds cases of "
+                             "one set of channels.")
+        self._appendRow(case)
+        self.onCasesChanged()
+        return len(self.rows) - 1
 
     def onRemoveCase(self) -> None:
         """Remove the selected row, else the last one."""

@@ -5,17 +5,21 @@ typed by ``TrainingLogicProtocol`` so it can be driven by fakes in tests. Every 
 against ``slicer.mrmlScene``, reached lazily, so this file imports under slicer-core.
 
 Runs go to the output folder the user chose, else ``defaultOutputFolder()``: a training in
-``<output>/<date-time>_<preset>`` (``trainingRunFolder``), applying a model in
-``<output>/inference/<date-time>_<first input volume>`` (``inferenceRunFolder``). Planning a
-training (the engine's ``plan`` command, before Start) exports the same job into a temporary
-folder that is removed when the plan has been read (``preparePlan``, ``startPlan``, ``finishPlan``).
+``<output>/<date-time>_<preset>`` (``trainingRunFolder``; a fine-tuning ``_<preset>_fine-tune``), applying a
+model in ``<output>/inference/<date-time>_<first input volume>`` (``inferenceRunFolder``), ranking cases
+to annotate in ``<output>/ranking/<date-time>_<model's run>`` (``rankingRunFolder``, layout in
+``Ranking``). Planning a training (the engine's ``plan`` command, before Start) exports the same job
+into a temporary folder that is removed when the plan has been read (``preparePlan``, ``startPlan``,
+``finishPlan``).
 
 In the scene, every node a run's import makes (segmentation, metrics and offsets tables, probability
 overlays, margin charts with their tables and series) goes into ONE subject-hierarchy folder named
 after the run folder, "AsymSeg <run folder name>" (``SceneUtils.runFolderItem``; importing the same
 run again reuses it). A new prediction hides the other segmentations in the views, remembering their
 visibility; hiding or removing the prediction, or ``restoreSegmentations``, gives it back
-(``SceneUtils.PredictionVisibility``).
+(``SceneUtils.PredictionVisibility``). A prediction remembers its input volumes and model (``Predictions``),
+so once corrected it becomes a training case (``trainingCaseFromPrediction``) and its model can be
+fine-tuned on the cases (``fineTuningSettings``).
 
 Folder layout of one training run (``runFolder``)::
 
@@ -39,10 +43,13 @@ from typing import Optional, Protocol
 from .Cases import CaseInput, checkCases
 from .Classes import ClassAnalysis, discoverClasses
 from .EngineProcess import EngineProcess, engineCommand, engineEnvironment, engineFolder, pythonExecutable
+from .FineTune import compatibilityProblems, fineTuningSettings
 from .JobSpec import TrainingSettings, buildJob, writeJob
 from .LogitPlots import LogitChartSet, LogitStatistics, buildMarginCharts
 from .Plans import TrainingPlan
+from .Predictions import predictionModel, rememberInputs, trainingCase
 from .Probabilities import Calibration, OffsetPreview, addProbabilityOverlays, rareClasses, readProbabilities
+from .Ranking import SUBSET, PreparedRanking, Ranking, exportRankingDataset, readRanking
 from .ResultImport import importMetrics, importPrediction, readLabelArray
 from .Runs import EngineTask, RunStatus
 from .SceneExport import exportAnnotation, exportCases, exportVolumes
@@ -77,6 +84,7 @@ class PreparedInference:
     colors: dict
     device: str = "auto"
     rarity: dict = field(default_factory=dict)   # class name -> rarity, from the model's job.json
+    volumes: list = field(default_factory=list)  # the input volume nodes, in channel order
 
 
 @dataclass
@@ -121,6 +129,12 @@ class TrainingLogicProtocol(Protocol):
     def startInference(self, prepared: PreparedInference) -> EngineTask: ...
     def importInferenceResults(self, task: EngineTask, referenceVolume, name: str = "",
                                overlays: bool = True) -> InferenceResults: ...
+    def trainingCaseFromPrediction(self, prediction) -> tuple[CaseInput, list[str]]: ...
+    def fineTuningSettings(self, modelPath: str, settings: TrainingSettings, channelNames: list,
+                           classNames: list) -> TrainingSettings: ...
+    def prepareRanking(self, modelPath, cases: list, runFolder, device: str = "auto") -> PreparedRanking: ...
+    def startRanking(self, prepared: PreparedRanking) -> EngineTask: ...
+    def importRanking(self, task: EngineTask) -> Ranking: ...
 
 
 def defaultOutputFolder() -> Path:
@@ -148,6 +162,12 @@ def trainingRunFolder(outputFolder: str, preset: str, when: Optional[datetime] =
 def inferenceRunFolder(outputFolder: str, volumeName: str, when: Optional[datetime] = None) -> Path:
     """The folder of applying a model: ``<output>/inference/<date-time>_<volume>`` (``case`` unnamed)."""
     return timestampedFolder(Path(outputFolder or defaultOutputFolder()) / "inference", volumeName or "case", when)
+
+
+def rankingRunFolder(outputFolder: str, modelPath, when: Optional[datetime] = None) -> Path:
+    """The folder of ranking cases: ``<output>/ranking/<date-time>_<the model's run folder>``."""
+    return timestampedFolder(Path(outputFolder or defaultOutputFolder()) / "ranking",
+                             Path(modelPath).parent.parent.name or "model", when)
 
 
 @dataclass
@@ -308,9 +328,7 @@ class AsymSegCoreLogic:
             raise ValueError("Choose a volume for every input channel.")
         info = modelInfo(modelPath)
         names, colors, channels = info.classNames, info.colors, info.channels
-        if channels and len(channels) != len(volumes):
-            raise ValueError(f"The model expects {len(channels)} channel(s) ({', '.join(channels)}); "
-                             f"{len(volumes)} volume(s) chosen.")
+        _checkChannelCount(channels, len(volumes))
         folder = Path(runFolder)
         folder.mkdir(parents=True, exist_ok=True)
         images = exportVolumes(volumes, folder / "images", "input")
@@ -323,7 +341,7 @@ class AsymSegCoreLogic:
             exportAnnotation(groundTruth, volumes[0], labelPath,
                              {name: values[0] for name, values in info.classes.items()})
         return PreparedInference(folder, modelPath, images, folder / "prediction.nrrd", labelPath, names, colors,
-                                 device or "auto", info.rarity)
+                                 device or "auto", info.rarity, list(volumes))
 
     def startInference(self, prepared: PreparedInference) -> EngineTask:
         arguments = ["infer", "--model", prepared.modelPath, "--images", *prepared.images,
@@ -354,6 +372,7 @@ class AsymSegCoreLogic:
             names = ["background"] + [f"class_{i}" for i in range(1, 256)]
         segmentation = importPrediction(prediction, names, referenceVolume,
                                         name=name or f"{referenceVolume.GetName()} AsymSeg", colors=task.context.get("colors"))
+        rememberInputs(segmentation, prepared.volumes, prepared.modelPath)
         results = InferenceResults(segmentation, folder=runFolderItem(prepared.folder),
                                    rareClasses=rareClasses(names, prepared.rarity),
                                    calibration=Calibration.fromConfig(config))
@@ -369,6 +388,61 @@ class AsymSegCoreLogic:
     def restoreSegmentations(self) -> None:
         """The segmentations hidden for the last prediction get their visibility back."""
         self.visibility.restore()
+
+    # ---------------------------------------------------------------- correct and retrain
+
+    def trainingCaseFromPrediction(self, prediction) -> tuple[CaseInput, list[str]]:
+        """The training case of a corrected prediction (``Predictions.trainingCase``) and its model's channel names
+        (empty when unknown)."""
+        case = trainingCase(prediction)
+        model = predictionModel(prediction)
+        return case, (modelInfo(model).channels if model else [])
+
+    def fineTuningSettings(self, modelPath: str, settings: TrainingSettings, channelNames: list,
+                           classNames: list) -> TrainingSettings:
+        """``settings`` fine-tuning ``modelPath`` with a shorter plan (``FineTune``); ValueError naming what differs
+        when the model's channels or classes are not the training data's."""
+        if not Path(modelPath).is_file():
+            raise FileNotFoundError(f"Model file not found: {modelPath}")
+        problems = compatibilityProblems(modelPath, modelInfo(modelPath), channelNames, classNames)
+        if problems:
+            raise ValueError(f"{modelPath} cannot be fine-tuned on these cases:\n" + "\n".join(problems))
+        return fineTuningSettings(settings, modelPath)
+
+    # ---------------------------------------------------------------- next case to annotate
+
+    def prepareRanking(self, modelPath, cases: list, runFolder, device: str = "auto") -> PreparedRanking:
+        """Export ``cases`` (CaseInput, unlabelled: their volumes only) for ``rank`` into ``runFolder``."""
+        modelPath = Path(modelPath)
+        if not modelPath.is_file():
+            raise FileNotFoundError(f"Model file not found: {modelPath}")
+        if not cases:
+            raise ValueError("Add the cases to rank: one volume per channel of the model.")
+        channels = modelInfo(modelPath).channels
+        for index, case in enumerate(cases):
+            if not case.images or any(v is None for v in case.images):
+                raise ValueError(f"Case {index + 1} to rank: choose a volume for every channel.")
+            _checkChannelCount(channels, len(case.images))
+        folder = Path(runFolder)
+        exported = exportRankingDataset(cases, channels or [f"channel{c}" for c in range(len(cases[0].images))],
+                                        folder / "dataset")
+        names = {caseId: case.displayName(index) for index, (caseId, case) in enumerate(exported.items())}
+        return PreparedRanking(folder, modelPath, folder / "dataset", folder / "ranking.json", exported, names,
+                               device or "auto")
+
+    def startRanking(self, prepared: PreparedRanking) -> EngineTask:
+        """Run the engine's ``rank`` on the exported cases in the background."""
+        arguments = ["rank", "--model", prepared.modelPath, "--dataset", prepared.dataset, "--subset", SUBSET,
+                     "--out", prepared.outputPath, "--device", prepared.device, "--events"]
+        context = {"prepared": prepared, "folder": prepared.folder}
+        return self._task(arguments, prepared.folder, "rank", context).start()
+
+    def importRanking(self, task: EngineTask) -> Ranking:
+        """The ranking of a finished rank task."""
+        state = task.state
+        if state.status is not RunStatus.FINISHED:
+            raise RuntimeError(state.message or "Ranking did not finish.")
+        return readRanking(state.outputs.get("ranking") or task.context["prepared"].outputPath)
 
     def _importInferenceOutputs(self, results: InferenceResults, prepared: PreparedInference, state, config: dict,
                                 names: list, prediction: Path, referenceVolume, overlays: bool,
@@ -411,6 +485,13 @@ class AsymSegCoreLogic:
             results.overlays = addProbabilityOverlays(probabilities, names, results.rareClasses,
                                                       referenceVolume.GetName())
         return
+
+
+def _checkChannelCount(channels: list, count: int) -> None:
+    """ValueError when the model's channels (empty: unknown) are not ``count`` volumes."""
+    if channels and len(channels) != count:
+        raise ValueError(f"The model expects {len(channels)} channel(s) ({', '.join(channels)}); "
+                         f"{count} volume(s) chosen.")
 
 
 def _withoutMargins(files: list) -> list[str]:

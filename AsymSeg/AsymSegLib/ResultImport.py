@@ -24,6 +24,9 @@ import numpy as np
 from .Classes import PALETTE
 from .SceneUtils import mrmlScene, readVolumeData, removeWithDependents
 
+PREDICTION_ATTRIBUTE = "AsymSeg.Prediction"
+"""Set on every segmentation a prediction import makes (value: the prediction file): what lists predictions."""
+
 
 def readLabelmap(path, name: str = "__AsymSegPrediction__"):
     """Read a label image into a new labelmap node in the scene (caller removes it)."""
@@ -117,7 +120,7 @@ def importPrediction(path, classNames: list, referenceVolume, name: str = "",
                 if segmentation.GetSegmentIdBySegmentName(classNames[value]) == "":
                     segmentation.AddEmptySegment("", classNames[value], list(palette[value]))
         _orderSegments(segmentation, classNames)
-        segmentationNode.SetAttribute("AsymSeg.Prediction", os.fspath(path))
+        segmentationNode.SetAttribute(PREDICTION_ATTRIBUTE, os.fspath(path))
         return segmentationNode
     finally:
         removeWithDependents(scene, labelmap)

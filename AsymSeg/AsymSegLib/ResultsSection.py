@@ -8,7 +8,9 @@ comes with, per rare class, its probability as the slice views' foreground (heat
 "Show where the model hesitates" is unchecked, and with the logit-offset sliders. Every node of a
 run is in its folder "AsymSeg <run folder>" of the Data module; while the prediction is shown the
 other segmentations are hidden (the logic's ``PredictionVisibility``). ``changed``
-is emitted when what the Apply button depends on changed.
+is emitted when what the Apply button depends on changed, ``predictionImported`` with each new
+prediction (correct and retrain: ``RetrainSection``). The chosen model is also the one that ranks
+the cases to annotate next (``RankSection``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class ResultsSection:
         self.overlays: dict = {}             # rare class name -> probability volume of the last prediction
         self.offsets = OffsetsSection(ui)
         self.changed = Signal()
+        self.predictionImported = Signal("vtkMRMLSegmentationNode")
         ui.modelPathLineEdit.nameFilters = MODEL_FILE_FILTERS
         ui.modelPathLineEdit.currentPath = settingValue("ModelPath", "")
         ui.applyInputsWidget.setLayout(qt.QFormLayout())
@@ -55,7 +58,7 @@ class ResultsSection:
         self.parameters = parameters
 
     def updateButtons(self, running: bool) -> None:
-        self.ui.applyButton.enabled = not running and bool(self.ui.modelPathLineEdit.currentPath) and \
+        self.ui.applyButton.enabled = not running and bool(self.modelPath()) and \
             all(s.currentNode() is not None for s in self.applySelectors)
         self.ui.showMarginsButton.enabled = self.charts is not None
 
@@ -63,24 +66,30 @@ class ResultsSection:
         setSettingValue("ModelPath", path)
         self.updateApplyInputs()
 
-    def useTrainedModel(self, sessionModel: Optional[str]) -> None:
-        """Choose the model trained in this session, else the last one trained in this scene."""
-        model = sessionModel or (self.parameters.lastModel if self.parameters is not None else "")
+    def useTrainedModel(self, model: str) -> None:
+        """Choose ``model``, the last one trained (this session, else this scene), or say there is none."""
         if model:
             self.ui.modelPathLineEdit.currentPath = model
         else:
             self.ui.resultsStatusLabel.text = "No training has finished in this session or scene yet."
 
-    def updateApplyInputs(self) -> None:
-        """One volume selector per channel of the chosen model (else of the Training data section)."""
-        path = self.ui.modelPathLineEdit.currentPath
+    def modelPath(self) -> str:
+        return self.ui.modelPathLineEdit.currentPath
+
+    def modelChannels(self) -> list[str]:
+        """The channel names of the chosen model, else the Training data section's."""
+        path = self.modelPath()
         channels = []
         if path and Path(path).is_file():
             try:
                 channels = modelInfo(path).channels
             except (OSError, ValueError):
                 channels = []
-        channels = channels or self.channelNames()
+        return channels or self.channelNames()
+
+    def updateApplyInputs(self) -> None:
+        """One volume selector per channel of the chosen model (else of the Training data section)."""
+        channels = self.modelChannels()
         layout = self.ui.applyInputsWidget.layout()
         previous = [s.currentNode() for s in self.applySelectors]
         clearLayout(layout)
@@ -94,11 +103,16 @@ class ResultsSection:
             self.applySelectors.append(selector)
         self.changed.emit()
 
+    def setApplyVolumes(self, volumes: list) -> None:
+        """Choose ``volumes`` (channel order) as the volumes to apply the model to."""
+        for selector, volume in zip(self.applySelectors, volumes):
+            selector.setCurrentNode(volume)
+
     def startInference(self, outputFolder: str, device: str) -> EngineTask:
         """Export the chosen volumes into a new folder under ``outputFolder`` and start the engine."""
         volumes = [s.currentNode() for s in self.applySelectors]
         folder = inferenceRunFolder(outputFolder, volumes[0].GetName() if volumes[0] else "")
-        prepared = self.logic.prepareInference(self.ui.modelPathLineEdit.currentPath, volumes, folder,
+        prepared = self.logic.prepareInference(self.modelPath(), volumes, folder,
                                                self.ui.groundTruthSelector.currentNode(), device)
         task = self.logic.startInference(prepared)
         task.context["reference"] = volumes[0]
@@ -149,6 +163,7 @@ class ResultsSection:
         for message in results.messages:
             text += " " + message
         self.ui.resultsStatusLabel.text = richText(text)
+        self.predictionImported.emit(results.segmentation)
 
     def showCharts(self, charts: LogitChartSet, rarity: dict) -> None:
         """Keep ``charts`` for the Show margin charts button, show the first rare class's chart and the rare

@@ -1,4 +1,4 @@
-"""State of one engine run (training or inference), fed by its events.
+"""State of one engine run (training, plan, inference or ranking), fed by its events.
 
 Qt-free. ``RunState`` is a dataclass the Run panel displays (phase, progress, ETA, loss,
 validation metrics, the training plan, status line, errors with hints); ``EngineTask`` owns an
@@ -38,7 +38,7 @@ class RunStatus(str, enum.Enum):
 
 @dataclass
 class RunState:
-    kind: str = "train"                 # train, plan or infer
+    kind: str = "train"                 # train, plan, infer or rank
     status: RunStatus = RunStatus.NOT_STARTED
     phase: str = ""
     iteration: int = 0                  # training iteration (train) / step of the phase (infer)
@@ -96,7 +96,8 @@ class RunState:
                 text += f", {formatDuration(self.etaSeconds)} left"
             return text
         names = {"load": "Loading data", "validate": "Validating", "logit-statistics": "Collecting logit statistics",
-                 "infer": "Segmenting", "plan": "Planning from the cases and the device"}
+                 "infer": "Segmenting", "rank": "Segmenting and scoring",
+                 "plan": "Planning from the cases and the device"}
         text = names.get(self.phase, "Starting the engine")
         if self.phaseTotal:
             text += f" {self.phaseStep}/{self.phaseTotal}"

@@ -1,9 +1,10 @@
-"""The AsymSeg panel (Qt): a thin coordinator of its five collapsible sections.
+"""The AsymSeg panel (Qt): a thin coordinator of its six collapsible sections.
 
 Each section (``CasesSection``, ``ClassesSection``, ``TechniqueSection``, ``RunSection``,
-``ResultsSection``) owns its widgets of the .ui; the panel binds them to the parameter node,
-passes what one section needs from another, and runs what spans sections: planning and
-starting a training, applying a model, the engine tasks and the buttons. A plan runs on its
+``ResultsSection`` with ``RetrainSection``, ``RankSection``) owns its widgets of the .ui; the panel
+binds them to the parameter node, passes what one section needs from another, and runs what spans
+sections: planning, starting and fine-tuning a training, applying a model, ranking cases, the
+engine tasks (one at a time: training, inference or ranking) and the buttons. A plan runs on its
 own poller, so Start never waits for it: Start cancels a plan being made (the engine plans
 inside ``train`` anyway, with the settings of that moment). Its collaborators are injected
 as typed protocols (``TrainingLogicProtocol``, ``DependenciesProtocol``, ``DevicesProtocol``,
@@ -23,10 +24,13 @@ from .Classes import ClassAnalysis
 from .ClassesSection import ClassesSection
 from .Dependencies import DependenciesProtocol, ensureEngineReady
 from .Devices import DevicesProtocol
+from .FineTune import SHARE_IN_WORDS
 from .Logic import TrainingLogicProtocol, trainingRunFolder
 from .ParameterNode import parameterNodeClass
 from .QtUtils import Dialogs
+from .RankSection import RankSection
 from .ResultsSection import ResultsSection
+from .RetrainSection import RetrainSection
 from .RunSection import RunSection
 from .Runs import EngineTask
 from .TaskPoller import TaskPoller
@@ -53,18 +57,27 @@ class AsymSegPanel:
         self.technique = TechniqueSection(ui, devices)
         self.run = RunSection(ui, logic, self.poller, self.planPoller, self.dialogs)
         self.results = ResultsSection(ui, logic, self.dialogs, self.cases.channelNames)
+        self.retrain = RetrainSection(ui, logic, self.cases, self.lastModel)
+        self.rank = RankSection(ui, logic, self.dialogs, self.results.modelPath, self.results.modelChannels)
         self.cases.changed.connect(self._onCasesChanged)
         self.cases.channelsChanged.connect(self.results.updateApplyInputs)
         self.classes.analysed.connect(self._onClassesAnalysed)
-        self.results.changed.connect(self.updateButtons)
+        self.results.changed.connect(self.rank.updateChannels)
+        self.results.predictionImported.connect(self.retrain.showPrediction)
+        self.rank.caseChosen.connect(self.results.setApplyVolumes)
+        for changed in (self.results.changed, self.retrain.changed, self.rank.changed):
+            changed.connect(self.updateButtons)
         self.poller.finished.connect(self.onTaskFinished)
         self.planPoller.finished.connect(self.onPlanFinished)
         ui.checkDataButton.clicked.connect(self.classes.refreshNow)
         ui.planButton.clicked.connect(self.onPlan)
         ui.startButton.clicked.connect(lambda: self.onStart(resume=False))
         ui.resumeButton.clicked.connect(lambda: self.onStart(resume=True))
-        ui.useTrainedModelButton.clicked.connect(lambda: self.results.useTrainedModel(self.run.lastModel()))
+        ui.useTrainedModelButton.clicked.connect(lambda: self.results.useTrainedModel(self.lastModel()))
         ui.applyButton.clicked.connect(self.onApply)
+        ui.fineTuneButton.clicked.connect(self.onFineTune)
+        ui.rankButton.clicked.connect(self.onRank)
+        ui.cancelRankButton.clicked.connect(self.poller.cancel)
         self.updateButtons()
 
     # ------------------------------------------------------------------ parameter node
@@ -100,6 +113,12 @@ class AsymSegPanel:
         ready = bool(self.cases.rows) and not self.cases.hasErrors() and self.classes.analysis is not None
         self.run.updateButtons(ready, running)
         self.results.updateButtons(running)
+        self.retrain.updateButtons(ready, running)
+        self.rank.updateButtons(running, running and self.poller.task.state.kind == "rank")
+
+    def lastModel(self) -> str:
+        """The model of the last training: in this session, else in this scene ("" : none)."""
+        return self.run.lastModel() or (self.parameters.lastModel if self.parameters is not None else "")
 
     def _engineReady(self) -> bool:
         """Whether the engine's packages are present, installing them if the user agrees."""
@@ -121,16 +140,38 @@ class AsymSegPanel:
         """Train on the cases (or resume the cancelled run) with the Technique section's settings."""
         self._startTask("AsymSeg could not start the training.", lambda: self._startTraining(resume))
 
-    def _startTraining(self, resume: bool) -> EngineTask:
+    def _startTraining(self, resume: bool, fineTuneFrom: str = "") -> EngineTask:
+        """A new training (from ``fineTuneFrom``, a model, with a shorter plan), or the last one resumed."""
         prepared = self.run.lastPrepared if resume else None
         if prepared is None:
             inputs = self._trainingInputs()
+            label = inputs["settings"].preset
+            if fineTuneFrom:
+                inputs["settings"] = self.logic.fineTuningSettings(
+                    fineTuneFrom, inputs["settings"], inputs["channelNames"], inputs["analysis"].catalog.names)
+                label += "_fine-tune"
             self.run.showStatus("Exporting the cases...")
             slicer.app.processEvents()
-            folder = trainingRunFolder(self.technique.outputFolder(), inputs["settings"].preset)
+            folder = trainingRunFolder(self.technique.outputFolder(), label)
             prepared = self.logic.prepareTraining(runFolder=folder, **inputs)
         self._cancelPlan()  # the training plans itself, with the settings of now
         return self.run.startTraining(prepared, resume=resume)
+
+    def onFineTune(self) -> None:
+        """Train from the model of the chosen prediction (else the last one) on the cases, with a shorter plan."""
+        self._startTask("AsymSeg could not start the fine-tuning.", self._startFineTuning)
+
+    def _startFineTuning(self) -> EngineTask:
+        model = self.retrain.fineTuneModel()
+        if not model:
+            raise ValueError("No model to fine-tune: apply a model or train one first.")
+        task = self._startTraining(resume=False, fineTuneFrom=model)
+        job = self.run.lastPrepared.job
+        text = f"Fine-tuning {model} on {len(job['cases'])} case(s) with {SHARE_IN_WORDS} of the time budget " \
+               f"({job['time_budget_minutes']:g} min); progress in Run."
+        self.run.appendLog(text)
+        self.retrain.showStatus(text)
+        return task
 
     def onPlan(self) -> None:
         """Plan the training with the current cases and settings and show the plan (Start does not wait for it)."""
@@ -167,6 +208,11 @@ class AsymSegPanel:
         self._startTask("AsymSeg could not apply the model.",
                         lambda: self.results.startInference(self.technique.outputFolder(), self.technique.device()))
 
+    def onRank(self) -> None:
+        """Rank the listed cases with the chosen model on the device of the Technique section."""
+        self._startTask("AsymSeg could not rank the cases.",
+                        lambda: self.rank.startRanking(self.technique.outputFolder(), self.technique.device()))
+
     # ------------------------------------------------------------------ the engine task
 
     def _watch(self, task: EngineTask) -> None:
@@ -176,7 +222,8 @@ class AsymSegPanel:
             self.run.watchPlan(task)
             self.planPoller.watch(task)
         else:
-            showState = self.run.showState if task.state.kind == "train" else self.results.showState
+            showState = {"train": self.run.showState, "rank": self.rank.showState}.get(task.state.kind,
+                                                                                       self.results.showState)
             task.stateChanged.connect(showState)
             self.poller.watch(task)
             showState(task.state)
@@ -188,6 +235,8 @@ class AsymSegPanel:
                 self.run.trainingFinished(task)
                 for message in self.results.trainingFinished(task):
                     self.run.appendLog(message)
+            elif task.state.kind == "rank":
+                self.rank.rankingFinished(task)
             else:
                 self.results.inferenceFinished(task)
         self.updateButtons()
@@ -204,6 +253,7 @@ class AsymSegPanel:
         self.poller.cancel()
         self.planPoller.cancel()
         self.results.clear()
+        self.rank.clear()
         self.cases.rebuild([])
         self.classes.clear()
         self.updateButtons()

@@ -20,7 +20,8 @@ MODULE_DIR = REPO / "AsymSeg"
 SHIMS = HERE / "shims"
 # The AsymSegLib files that may import qt (the panel and its sections; Slicer only)
 QT_FILES = frozenset({"Widget.py", "QtUtils.py", "TaskPoller.py", "CasesSection.py", "ClassesSection.py",
-                      "TechniqueSection.py", "RunSection.py", "ResultsSection.py", "OffsetsSection.py"})
+                      "TechniqueSection.py", "RunSection.py", "ResultsSection.py", "OffsetsSection.py",
+                      "RetrainSection.py", "RankSection.py"})
 
 for path in (str(MODULE_DIR), str(SHIMS)):
     if path not in sys.path:

@@ -357,6 +357,10 @@ class FakeNodeComboBox(FakeWidget):
     def __init__(self, *args):
         super().__init__(*args)
         self._node = None
+        self.attributes = {}  # node type -> {attribute name: value (None: any)}: the filter, not applied here
+
+    def addAttribute(self, nodeType, name, value=None):
+        self.attributes.setdefault(nodeType, {})[name] = value
 
     def setCurrentNode(self, node):
         if node is not self._node:

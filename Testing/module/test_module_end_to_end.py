@@ -127,6 +127,22 @@ def test_train_infer_import_with_the_real_engine(mrml, tmp_path):
     assert 0.0 <= slicer.util.arrayFromVolume(overlay).min() and slicer.util.arrayFromVolume(overlay).max() <= 1.0
     np.testing.assert_array_equal(imported.offsets.labels({}) > 0, prediction > 0)
     assert imported.offsets.labels({"lesion": -100.0}).max() == 0
+    # corrected, the prediction is a training case of its volumes, channels named as the model's
+    case, channels = logic.trainingCaseFromPrediction(segmentation)
+    assert case.images == target.images and case.annotation is segmentation and channels == ["t1", "t2"]
+
+    # the next case to annotate: the engine's rank reads the module's export; its ranking file parses
+    ranking = logic.prepareRanking(state.model, [CaseInput(c.images) for c in cases], tmp_path / "rank", device="cpu")
+    rankTask = logic.startRanking(ranking)
+    rankState = rankTask.wait(timeout=300)
+    assert rankState.status is RunStatus.FINISHED, f"{rankState.message}\n" + "\n".join(rankTask.log[-20:])
+    assert [e.case for e in rankTask.events if isinstance(e, ProgressEvent) and e.phase == "rank"] == \
+        sorted(ranking.cases)
+    ranked = logic.importRanking(rankTask)
+    assert ranked.rareClasses == ["lesion"] and [c.rank for c in ranked.cases] == [1, 2, 3]
+    assert sorted(c.case for c in ranked.cases) == sorted(ranking.cases)
+    scores = [c.score for c in ranked.cases]
+    assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
 
     # inputs unchanged; new nodes only added (segmentation, tables, charts), none removed or replaced
     nodesAfter, arraysAfter = inputSnapshot(mrml.scene, cases)

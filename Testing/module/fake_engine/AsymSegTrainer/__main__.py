@@ -11,6 +11,10 @@ without torch. Behaviour comes from the job's ``fake`` object (train, plan):
 ``start`` config, with the job's ``fake.calibration`` as the model's ``calibration``;
 ``infer --probabilities`` writes ``<stem>_probabilities.nii.gz`` (``probability_image``).
 
+``rank`` scores the cases of ``--dataset``'s ``images<subset>`` with the engine's measure on the logits of
+``probability_image`` and writes ``--out`` in the engine's ranking format (``rank`` below); the model's
+``job.json`` gives the classes, the rarity and ``fake.rank_sleep`` (seconds per case, to cancel it).
+
 ``plan`` (and ``train`` before it trains) emits a ``plan`` event as the engine's planning.py
 does: every planned field the job leaves out gets a value and a reason (source ``plan``), a
 field the job sets is kept (source ``user``); the planned spacing is the first training
@@ -279,6 +283,72 @@ def infer(args):
     return 0
 
 
+BAND = 2.0  # AsymSegTrainer/ranking.py
+
+
+def case_ids(folder, ending):
+    """The case ids of an nnU-Net images folder (``<case>_<XXXX><ending>``)."""
+    import re
+
+    pattern = re.compile(r"(.+)_\d{4}" + re.escape(ending) + "$")
+    return sorted({m.group(1) for p in folder.iterdir() if (m := pattern.match(p.name))})
+
+
+def volumes(predicted, hesitant, candidate, voxel_ml):
+    return {"score": hesitant / candidate if candidate else 0.0, "predicted_ml": predicted * voxel_ml,
+            "hesitant_ml": hesitant * voxel_ml, "candidate_ml": candidate * voxel_ml}
+
+
+def rank(args):
+    """The engine's measure, V(|m| < 2) / V(m > -2) over the rare classes, on the fake's logits (probability_image):
+    class 1's margin is 4 (x - 1.5), every other class's is -4 or lower; the output is the engine's ranking file."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    model, dataset, out = Path(option(args, "--model")), Path(option(args, "--dataset")), Path(option(args, "--out"))
+    subset = option(args, "--subset", "Ts")
+    job_path = model.parent / "job.json"
+    job = json.loads(job_path.read_text()) if job_path.is_file() else {}
+    names = list(job.get("classes") or {})
+    rarity = job.get("rarity") or {}
+    rare = [n for i, n in enumerate(names) if rarity.get(n, 1.0 if i else 0.0) > 0]
+    ending = json.loads((dataset / "dataset.json").read_text())["file_ending"]
+    images = dataset / f"images{subset}"
+    ids = case_ids(images, ending)
+    signal.signal(signal.SIGTERM, lambda *a: stop.update(requested=True))
+    emit("start", command="rank", config={"model": str(model), "dataset": str(dataset), "subset": subset, "cases": ids,
+                                          "out": str(out), "band": BAND, "overlap": 0.5, "rare_classes": rare},
+         device="cpu", versions={"asymseg": "fake"}, output=str(out))
+    if not rare:
+        emit("error", kind="input", message=f"The model {model} marks no class as rare: there is nothing to rank by.",
+             hint="Use a model trained with at least one rare class (rarity > 0).")
+        emit("done", status="failed", exit_code=3, model=None, outputs={})
+        return 3
+    scored = []
+    for i, case in enumerate(ids, 1):
+        emit("progress", phase="rank", iteration=i, total=len(ids), case=case)
+        time.sleep(float(job.get("fake", {}).get("rank_sleep", 0.0)))
+        if stop["requested"]:
+            emit("done", status="cancelled", exit_code=10, model=None, outputs={})
+            return 10
+        image = sitk.ReadImage(str(images / f"{case}_0000{ending}"))
+        x = sitk.GetArrayFromImage(image).astype(np.float64)
+        voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+        margin = 4.0 * (x - 1.5)
+        counts = {name: [int((margin > 0).sum()), int((np.abs(margin) < BAND).sum()), int((margin > -BAND).sum())]
+                  if names.index(name) == 1 else [0, 0, 0] for name in rare}
+        pooled = [sum(v[k] for v in counts.values()) for k in range(3)]
+        scored.append({"case": case, **volumes(*pooled, voxel_ml),
+                       "classes": {name: volumes(*v, voxel_ml) for name, v in counts.items()}})
+    scored.sort(key=lambda c: (-c["score"], -c["hesitant_ml"], c["case"]))
+    out.write_text(json.dumps({"format": "asymseg-ranking", "version": 1, "model": str(model), "dataset": str(dataset),
+                               "subset": subset, "measure": "hesitant / candidate volume of the rare classes",
+                               "band": BAND, "rare_classes": rare,
+                               "cases": [{"rank": r, **c} for r, c in enumerate(scored, 1)]}))
+    emit("done", status="finished", exit_code=0, model=None, outputs={"ranking": str(out)})
+    return 0
+
+
 def main():
     args = sys.argv[1:]
     if args and args[0] == "train":
@@ -287,7 +357,9 @@ def main():
         return infer(args)
     if args and args[0] == "plan":
         return plan(args)
-    print("usage: fake engine {train,plan,infer}", file=sys.stderr)
+    if args and args[0] == "rank":
+        return rank(args)
+    print("usage: fake engine {train,plan,infer,rank}", file=sys.stderr)
     return 2
 
 
