@@ -1,10 +1,11 @@
-"""Fixtures of the module tests (helpers: asymseg_module_testing.py, a unique module name)."""
+"""Fixtures of the module tests (helpers: asymseg_module_testing.py and panel_testing.py, unique module names)."""
 
 import gc
 
 import pytest
 
 from asymseg_module_testing import buildEnvironment
+from panel_testing import panelFactory  # noqa: F401 - the fixture of the panel tests
 
 
 @pytest.fixture

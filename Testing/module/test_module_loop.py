@@ -12,7 +12,7 @@ import pytest
 import slicer
 
 from asymseg_module_testing import SHAPE, addSegmentation, addVolume, blobCase, ijkToRas, readVolumeFile
-from test_module_widget import FAKE, FakeCaseStore, fillCases, panelFactory, runTimer, smallTraining  # noqa: F401
+from panel_testing import FAKE, FakeCaseStore, fillCases, runTimer, smallTraining
 
 from AsymSegLib.Classes import discoverClasses
 from AsymSegLib.FineTune import FINE_TUNING_SHARE
