@@ -260,7 +260,8 @@ class AsymSegCoreLogic:
     def startTraining(self, prepared: PreparedTraining, resume: bool = False) -> EngineTask:
         arguments = ["train", "--job", prepared.jobPath, "--events"] + (["--resume"] if resume else [])
         context = {"classes": list(prepared.job["classes"]), "rarity": dict(prepared.job.get("rarity") or {}),
-                   "colors": dict(prepared.export.colors) if prepared.export else {}, "folder": prepared.folder}
+                   "colors": dict(prepared.export.colors) if prepared.export else {}, "folder": prepared.folder,
+                   "fileNames": prepared.export.fileNames() if prepared.export else {}}
         task = self._task(arguments, prepared.outputFolder, "train", context, prepared.outputFolder / STOP_FILE)
         return task.start()
 
@@ -279,7 +280,8 @@ class AsymSegCoreLogic:
     def startPlan(self, prepared: PreparedTraining) -> EngineTask:
         """Run the engine's ``plan`` on a prepared job in the background; its ``plan`` event fills ``state.plan``."""
         arguments = ["plan", "--job", prepared.jobPath, "--events"]
-        return self._task(arguments, prepared.folder, "plan", {"folder": prepared.folder}).start()
+        context = {"folder": prepared.folder, "fileNames": prepared.export.fileNames() if prepared.export else {}}
+        return self._task(arguments, prepared.folder, "plan", context).start()
 
     def finishPlan(self, task: EngineTask) -> Optional[TrainingPlan]:
         """The plan of a finished plan task (None unless it finished); its temporary folder is removed."""

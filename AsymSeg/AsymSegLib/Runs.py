@@ -9,8 +9,9 @@ from a ``qt.QTimer`` in Slicer and from a plain loop (``wait``) in tests.
 from __future__ import annotations
 
 import enum
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -179,6 +180,17 @@ def applyEvent(state: RunState, event: Event) -> None:
             state.exitCode = event.exitCode
 
 
+def withFileNames(message: str, fileNames: dict) -> str:
+    """``message`` with each exported file it names followed by the node and case it came from (the engine only
+    knows the files; the user knows the nodes). One pass, longest paths first, so an absolute path is not also
+    matched by its relative tail; a path already followed by its words is left as it is."""
+    if not fileNames:
+        return message
+    paths = sorted(fileNames, key=len, reverse=True)
+    pattern = "|".join(f"{re.escape(p)}(?! \\({re.escape(fileNames[p])}\\))" for p in paths)
+    return re.sub(pattern, lambda match: f"{match.group(0)} ({fileNames[match.group(0)]})", message)
+
+
 def finishState(state: RunState, returnCode: Optional[int], cancelRequested: bool, killed: bool) -> None:
     """Final status from the ``done`` event and the exit code (the exit code wins on conflict)."""
     code = returnCode if returnCode is not None else state.exitCode
@@ -250,6 +262,8 @@ class EngineTask:
                 self.log.append(event.text)
                 self.logLine.emit(event.text)
                 continue
+            if isinstance(event, (ErrorEvent, WarningEvent)):
+                event = replace(event, message=withFileNames(event.message, self.context.get("fileNames", {})))
             self.events.append(event)
             applyEvent(self.state, event)
             for line in _logLines(event, self.state):

@@ -55,6 +55,11 @@ class ExportResult:
     rarity: dict = field(default_factory=dict)
     colors: dict = field(default_factory=dict)   # name -> (r, g, b)
     issues: list = field(default_factory=list)   # warnings that did not block the export
+    sources: dict = field(default_factory=dict)  # exported file (relative) -> the node and case it came from
+
+    def fileNames(self) -> dict:
+        """Each exported file, relative and absolute, -> the node and case it came from, in the user's words."""
+        return {**self.sources, **{str(self.folder / path): words for path, words in self.sources.items()}}
 
 
 def writeVolume(volumeNode, path: Path) -> Path:
@@ -145,7 +150,8 @@ def exportCases(cases: list[CaseInput], channelNames: list[str], folder, analysi
     result = ExportResult(folder, list(channelNames), classes=catalog.classesMap(), rarity=catalog.rarityMap(),
                           colors=catalog.colors(),
                           issues=[i for i in issues if not i.isError])
-    for case, caseId in zip(cases, caseIdentifiers(cases)):
+    for index, (case, caseId) in enumerate(zip(cases, caseIdentifiers(cases))):
+        where = f"of {case.displayName(index)} (row {index + 1})"
         images = []
         for channel, node in enumerate(case.images):
             if node is None:
@@ -153,6 +159,7 @@ def exportCases(cases: list[CaseInput], channelNames: list[str], folder, analysi
             relative = Path("images") / f"{caseId}_{channel:04d}{IMAGE_EXTENSION}"
             writeVolume(node, folder / relative)
             images.append(relative.as_posix())
+            result.sources[relative.as_posix()] = f"volume '{node.GetName()}', channel {channelNames[channel]} {where}"
         label = None
         if case.annotation is not None and case.reference is not None:
             relative = Path("labels") / f"{caseId}{IMAGE_EXTENSION}"
@@ -160,11 +167,13 @@ def exportCases(cases: list[CaseInput], channelNames: list[str], folder, analysi
             if unknown:
                 result.issues.append(Issue("warning", f"Segments {unknown} match no class; exported as background."))
             label = relative.as_posix()
+            result.sources[label] = f"annotation '{case.annotation.GetName()}' {where}"
         mask = None
         if case.mask is not None and case.reference is not None:
             relative = Path("masks") / f"{caseId}{IMAGE_EXTENSION}"
             exportMask(case.mask, case.maskSegment, case.reference, folder / relative)
             mask = relative.as_posix()
+            result.sources[mask] = f"ROI mask '{case.mask.GetName()}' {where}"
         result.cases.append(ExportedCase(caseId, images, label, case.role, mask))
     return result
 

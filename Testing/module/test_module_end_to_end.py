@@ -190,6 +190,7 @@ def test_engine_error_surfaces_with_its_message(mrml, tmp_path):
     assert state.exitCode == 3, state.exitCode
     assert state.errors and state.message == state.errors[-1].message
     assert "geometry" in state.message.lower() and "000_img" in state.message, state.message
+    assert "(annotation 'label_other_grid' of img (row 1))" in state.message, state.message  # the node, not a file
     assert state.hint
 
 

@@ -11,7 +11,7 @@ from AsymSegLib.Events import (
     ValidationEvent, WarningEvent, exitMessage, parseLine,
 )
 from AsymSegLib.Plans import PlanRow, TrainingPlan
-from AsymSegLib.Runs import RunState, RunStatus, applyEvent, finishState, formatDuration
+from AsymSegLib.Runs import RunState, RunStatus, applyEvent, finishState, formatDuration, withFileNames
 
 PLAN = {"format": "asymseg-plan", "version": 1,
         "settings": {"batch_size": 8, "target_spacing": [1.5, 0.8, 0.8], "patch_size": [48, 96, 96],
@@ -171,3 +171,15 @@ def test_a_partial_or_malformed_plan_still_reads():
         assert plan.rows() == [] and plan.stepSeconds is None
         assert plan.summary() == "Plan: training time not estimated on an unknown device."
     assert isinstance(parseLine(line(type="plan", plan="not a plan")), PlanEvent)
+
+
+def test_error_messages_name_the_node_and_case_of_an_exported_file():
+    files = {"labels/000_patA.nrrd": "annotation 'patA seg' of patA (row 1)",
+             "/runs/x/labels/000_patA.nrrd": "annotation 'patA seg' of patA (row 1)"}
+    message = "/runs/x/labels/000_patA.nrrd: label values [5] are not in the class map"
+    described = withFileNames(message, files)
+    assert described == ("/runs/x/labels/000_patA.nrrd (annotation 'patA seg' of patA (row 1)): label values [5] are "
+                         "not in the class map")
+    assert withFileNames(described, files) == described  # once only
+    assert withFileNames("labels/000_patA.nrrd is empty", files).startswith("labels/000_patA.nrrd (annotation")
+    assert withFileNames("nothing to name", files) == "nothing to name"
