@@ -75,12 +75,12 @@ def main(argv=None) -> int:
             # the prediction holds class indices: 1 = the rare class of a one-class bench
             counts = split_false_positives(predicted == 1, label, image != 0, spacing, structure, neighbour,
                                            args.rim_mm)
-            method = totals.setdefault(run["method"], {"runs": set(), "cases": 0, "voxel_ml": 0.0})
+            method = totals.setdefault(run["method"], {"runs": set(), "cases": 0})
             method["runs"].add(record.parent.name)
             method["cases"] += 1
-            method["voxel_ml"] = float(np.prod(spacing)) / 1000.0
+            voxel_ml = float(np.prod(spacing)) / 1000.0  # cases may differ in spacing: add up mL, not voxels
             for key, value in counts.items():
-                method[key] = method.get(key, 0) + value
+                method[key] = method.get(key, 0.0) + value * voxel_ml
     order = methods or sorted(totals)
     print(f"{'method':<44} {'runs':>4} {'cases':>5} {'TP mL':>8} {'FP mL':>8} {'neighbour':>9} {'rim':>5} "
           f"{'body':>5} {'outside':>7}")
@@ -89,9 +89,9 @@ def main(argv=None) -> int:
         t = totals.get(name)
         if not t:
             continue
-        ml, fp = t["voxel_ml"], max(t["false_positive"], 1)
-        row = {"runs": len(t["runs"]), "cases": t["cases"], "true_positive_ml": t["true_positive"] * ml,
-               "false_positive_ml": t["false_positive"] * ml,
+        fp = t["false_positive"] or 1.0
+        row = {"runs": len(t["runs"]), "cases": t["cases"], "true_positive_ml": t["true_positive"],
+               "false_positive_ml": t["false_positive"],
                **{f"share_{k}": t[k] / fp for k in ("in_neighbour", "in_rim", "in_body", "outside")}}
         result[name] = row
         print(f"{name:<44} {row['runs']:>4} {row['cases']:>5} {row['true_positive_ml']:>8.1f} "

@@ -64,7 +64,7 @@ def compare(ranking: dict, dsc: dict) -> dict:
 
 
 def mean_rare_dsc(metrics: dict, rare: list) -> float:
-    """The mean raw DSC of the rare classes of one case's metrics (a class absent from both counts as 1)."""
+    """The mean raw DSC of the rare classes of one case's metrics (a class whose DSC is undefined is left out)."""
     return float(np.nanmean([np.nan if metrics[name]["dsc"] is None else metrics[name]["dsc"] for name in rare]))
 
 
