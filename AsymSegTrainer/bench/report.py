@@ -119,18 +119,21 @@ def per_fold_table(results: dict, variant: str = "post") -> str:
 
 
 def paired_table(results: dict, variant: str = "post", last: bool = False) -> str:
-    """Differences to vanilla paired by (fold, seed, test case): mean ± std and how often the method is higher.
+    """Differences to vanilla paired by (fold, seed, test case): mean ± std and how often the method is better.
 
     Cases differ far more from each other than methods do, so the pairs say more than the
-    difference of two means with their large standard deviations.
+    difference of two means with their large standard deviations. DSC, SEN and PRC in
+    percentage points, HD95 in mm over the pairs where both predictions are non-empty (a count
+    says when that is not all of them); "better" is higher for DSC and SEN, lower for HD95.
     """
     foreground = results["settings"]["class_names"][1:]
     block = (lambda r: r["last"]) if last else (lambda r: r)
     base = {(r["fold"], r["seed"]): block(r) for r in results["runs"] if r["method"] == "vanilla"}
     if not base:
         return "(no vanilla runs to pair with)\n"
-    keys = ("dsc", "sensitivity", "precision")
-    lines = ["| Method | pairs | ΔDSC | ΔSEN | ΔPRC | DSC higher | SEN higher |", "|---|---:|---:|---:|---:|---:|---:|"]
+    keys = ("dsc", "sensitivity", "precision", "hd95")
+    lines = ["| Method | pairs | ΔDSC | ΔSEN | ΔPRC | ΔHD95 (mm) | DSC higher | SEN higher | HD95 lower |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for method in _with_calibrated(results, "summary_last" if last else "summary"):
         if method == "vanilla":
             continue
@@ -149,12 +152,13 @@ def paired_table(results: dict, variant: str = "post", last: bool = False) -> st
                 for name in foreground:
                     for k in keys:
                         mine, theirs = per_class[name][k], b[variant][case][name][k]
-                        if mine is not None and theirs is not None:
-                            diffs[k].append(mine - theirs)
+                        diffs[k].append(None if mine is None or theirs is None else mine - theirs)
         if not diffs["dsc"]:
             continue
-        cells = [mean_std(summarize(diffs[k]), sign=True) for k in keys]
-        wins = [f"{sum(d > 0 for d in diffs[k])}/{len(diffs[k])}" for k in ("dsc", "sensitivity")]
+        cells = [mean_std(summarize(diffs[k]), scale=1.0 if k == "hd95" else 100.0, sign=True) for k in keys]
+        defined = {k: [d for d in diffs[k] if d is not None] for k in keys}
+        wins = [f"{sum(d > 0 for d in defined[k])}/{len(defined[k])}" for k in ("dsc", "sensitivity")]
+        wins.append(f"{sum(d < 0 for d in defined['hd95'])}/{len(defined['hd95'])}")
         lines.append(f"| {method} | {len(diffs['dsc'])} | " + " | ".join(cells + wins) + " |")
     return "\n".join(lines) + "\n"
 
@@ -234,10 +238,13 @@ own volume.
 {_both_checkpoints(lesion_table(results), lesion_table(results, 'summary_last'))}
 ## Paired with vanilla (same fold, seed and unseen case; post-processed)
 
-Mean ± std of the per-case differences to `vanilla` (percentage points) and how many of the
-pairs the method scores higher on.
+Mean ± std of the per-case differences to `vanilla` (percentage points; HD95 in mm, over the
+pairs where both predictions are non-empty) and in how many pairs the method is better.
 
 {_both_checkpoints(paired_table(results), paired_table(results, last=True))}
+## Paired with vanilla (same fold, seed and unseen case; raw)
+
+{_both_checkpoints(paired_table(results, 'raw'), paired_table(results, 'raw', last=True))}
 ## Per fold (chosen checkpoint, post-processed, mean over seeds × unseen cases)
 
 {per_fold_table(results)}

@@ -106,6 +106,29 @@ def test_quick_bench_writes_results_report_and_figures(quick_bench):
     assert (quick_bench / "logits_vanilla.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _case(dsc, sen, prc, hd95):
+    return {"lesion": {"dsc": dsc, "sensitivity": sen, "precision": prc, "hd95": hd95}}
+
+
+def test_paired_table_pairs_each_unseen_case_with_vanilla_raw_and_post_processed():
+    """Two folds, three pairs: the row is the mean and population std of hand-computed differences."""
+    def run(method, fold, cases):
+        block = {"raw": cases, "post": {c: _case(m["lesion"]["dsc"] + 0.1, 0, 0, None) for c, m in cases.items()}}
+        return {"method": method, "fold": fold, "seed": 0, **block, "last": block}
+    results = {"settings": {"class_names": ["background", "lesion"]}, "methods": ["vanilla", "focal"],
+               "summary": {}, "summary_last": {},
+               "runs": [run("vanilla", 0, {"a": _case(0.50, 0.40, 0.90, 10.0), "b": _case(0.20, 0.10, 0.50, None)}),
+                        run("focal", 0, {"a": _case(0.60, 0.70, 0.80, 6.0), "b": _case(0.10, 0.30, 0.20, 30.0)}),
+                        run("vanilla", 1, {"c": _case(0.70, 0.60, 0.80, 4.0)}),
+                        run("focal", 1, {"c": _case(0.80, 0.90, 0.70, 5.0)})]}
+    # raw differences: DSC +10, -10, +10; SEN +30, +20, +30; PRC -10, -30, -10; HD95 -4, (undefined), +1
+    raw = bench.report.paired_table(results, "raw")
+    assert "| focal | 3 | +3.3 ± 9.4 | +26.7 ± 4.7 | -16.7 ± 9.4 | -1.5 ± 2.5 (2/3) | 2/3 | 3/3 | 1/2 |" in raw
+    post = bench.report.paired_table(results, "post", last=True)
+    assert "| focal | 3 | +3.3 ± 9.4 | +0.0 ± 0.0 | +0.0 ± 0.0 | – | 2/3 | 0/3 | 0/0 |" in post
+    assert bench.report.paired_table({**results, "runs": results["runs"][1::2]}) == "(no vanilla runs to pair with)\n"
+
+
 def test_results_json_follows_the_schema(quick_bench, phantom_dataset):
     results = json.loads((quick_bench / "results.json").read_text(encoding="utf-8"))
     assert results["format"] == "asymseg-bench" and results["complete"] is True
